@@ -1,0 +1,1 @@
+"""Everything that touches files, processes and torch: render, validate, run, the CLI."""

@@ -1,0 +1,1 @@
+"""The planner: pure Python, no torch import."""

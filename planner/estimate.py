@@ -1,0 +1,124 @@
+"""The typed results of evaluating one layout: memory and time breakdowns, and the Estimate that joins them."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .cluster import Cluster
+from .layout import Layout, Precision, PRECISIONS
+from .model import ModelSpec
+
+
+@dataclass(frozen=True)
+class Training:
+    """What is trained, apart from the model and the layout."""
+
+    seq_len: int = 1024
+    global_batch: int = 0          # sequences per optimizer step; 0 = take the layout's
+    precision: Precision = "bf16"
+    optimizer: str = "adamw"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.seq_len, int) or self.seq_len < 1:
+            raise ValueError(f"seq_len({self.seq_len!r}) must be a positive integer")
+        if not isinstance(self.global_batch, int) or self.global_batch < 0:
+            raise ValueError(f"global_batch({self.global_batch!r}) must be a positive integer")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision({self.precision!r}) must be one of {', '.join(PRECISIONS)}")
+        if self.optimizer != "adamw":
+            raise ValueError(f"optimizer({self.optimizer!r}): only adamw is modelled")
+
+
+@dataclass(frozen=True)
+class MemoryBreakdown:
+    """Bytes on the worst rank at the moment of its peak (what torch.cuda.max_memory_allocated() reports).
+
+    The parts add up to peak_bytes. Framework overhead outside the allocator (CUDA context, NCCL
+    buffers) is not in peak_bytes; reserved_headroom_bytes says what the caching allocator adds on top.
+    """
+
+    params_bytes: int        # model weights held on this GPU (low precision copy, or the ZeRO-3 shard + gathered layers)
+    grads_bytes: int         # gradient buffers alive at the peak
+    optimizer_bytes: int     # fp32 master weights + Adam moments on this GPU (0 when offloaded)
+    activations_bytes: int   # saved activations + the working set of the layer running at the peak
+    other_bytes: int         # logits/loss, communication buckets, optimizer-step temporaries
+    capacity_bytes: int      # the card's memory
+    reserved_headroom_bytes: int = 0  # allocator fragmentation on top of peak (reported, not in peak)
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.params_bytes + self.grads_bytes + self.optimizer_bytes + self.activations_bytes + self.other_bytes
+
+    def to_dict(self) -> dict:
+        return {"params_bytes": self.params_bytes, "grads_bytes": self.grads_bytes,
+                "optimizer_bytes": self.optimizer_bytes, "activations_bytes": self.activations_bytes,
+                "other_bytes": self.other_bytes, "peak_bytes": self.peak_bytes,
+                "capacity_bytes": self.capacity_bytes, "reserved_headroom_bytes": self.reserved_headroom_bytes}
+
+
+@dataclass(frozen=True)
+class TimeBreakdown:
+    """Seconds per optimizer step on the critical path, by cause. step_s adds them up."""
+
+    compute_s: float          # forward + backward (+ recompute) matmuls and the rest, all micro-batches
+    optimizer_s: float        # the optimizer step (memory bound)
+    dp_comm_s: float          # gradient all-reduce / reduce-scatter + ZeRO-3 all-gathers not hidden by overlap
+    tp_comm_s: float          # tensor-parallel all-reduces (not overlapped)
+    pp_comm_s: float          # pipeline send/recv of activations
+    bubble_s: float           # pipeline bubble: (pp-1)/m of the ideal compute
+    offload_s: float = 0.0    # PCIe traffic and CPU Adam for offload
+    overhead_s: float = 0.0   # fixed per-step framework cost (launches, hooks), calibrated
+    comm_bytes: int = 0       # bytes each GPU sends per step, all collectives together
+
+    @property
+    def step_s(self) -> float:
+        return (self.compute_s + self.optimizer_s + self.dp_comm_s + self.tp_comm_s + self.pp_comm_s
+                + self.bubble_s + self.offload_s + self.overhead_s)
+
+    def to_dict(self) -> dict:
+        return {"compute_s": self.compute_s, "optimizer_s": self.optimizer_s, "dp_comm_s": self.dp_comm_s,
+                "tp_comm_s": self.tp_comm_s, "pp_comm_s": self.pp_comm_s, "bubble_s": self.bubble_s,
+                "offload_s": self.offload_s, "overhead_s": self.overhead_s, "comm_bytes": self.comm_bytes,
+                "step_s": self.step_s}
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """One layout evaluated: memory, time, and whether it fits."""
+
+    model: ModelSpec
+    cluster: Cluster
+    layout: Layout
+    training: Training
+    memory: MemoryBreakdown
+    time: TimeBreakdown
+    headroom: float = 0.0   # fraction of capacity kept free when deciding fits
+
+    @property
+    def fits(self) -> bool:
+        return self.memory.peak_bytes <= self.memory.capacity_bytes * (1 - self.headroom)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.layout.global_batch * self.training.seq_len
+
+    @property
+    def step_time_s(self) -> float:
+        return self.time.step_s
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens_per_step / self.step_time_s
+
+    @property
+    def mfu(self) -> float:
+        """Model FLOPs utilization: 6N + 12·L·h·s per token (no recompute counted) over the cluster's peak."""
+        flops = self.model.flops_per_token(self.training.seq_len) * self.tokens_per_s
+        peak = self.cluster.gpu.peak_tflops(self.training.precision) * 1e12 * self.layout.world_size
+        return flops / peak
+
+    def to_dict(self) -> dict:
+        return {"model": self.model.to_dict(), "cluster": self.cluster.to_dict(), "layout": self.layout.to_dict(),
+                "training": {"seq_len": self.training.seq_len, "global_batch": self.layout.global_batch,
+                             "precision": self.training.precision, "optimizer": self.training.optimizer},
+                "memory": self.memory.to_dict(), "time": self.time.to_dict(), "fits": self.fits,
+                "step_time_s": self.step_time_s, "tokens_per_s": self.tokens_per_s, "mfu": self.mfu}
