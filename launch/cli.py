@@ -25,7 +25,7 @@ def _register() -> None:
     # Subcommand modules register themselves on `main`; each owns its own commands.
     import importlib
 
-    for module in ("cli_plan", "cli_render", "cli_launch"):
+    for module in ("cli_plan", "cli_render", "cli_validate", "cli_launch"):
         try:
             importlib.import_module(f"shardplan.launch.{module}")
         except ModuleNotFoundError as e:
