@@ -1,0 +1,230 @@
+"""Launch commands as data: pure functions that build `Command(argv, env)` for a run directory.
+
+One source of truth: the rendered launch.sh / launch_torchrun.sh / job.sbatch are printed from these
+same Commands (every element shell-quoted by `shell_quote`), and `shardplan launch` executes them
+(`--dry-run` prints them). Nothing here touches the file system or starts a process.
+
+Extra arguments for the training program (`--resume`, `--steps 5`) go in `RunSpec.train_args` or are
+appended by the caller; the rendered scripts pass "$@" through to the training program.
+"""
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+TRAIN_MODULE = "shardplan.launch.train"
+DEFAULT_MASTER_PORT = 29500
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+class ShellVar(str):
+    """An argv element the shell expands at run time, e.g. ShellVar("SLURM_NODEID").
+
+    Its str value is "${NAME}" (what a dry-run prints); `shell_quote` renders it as "${NAME}" in double
+    quotes so that the shell expands it, where every plain str is single-quoted and stays inert.
+    """
+
+    name: str
+
+    def __new__(cls, name: str) -> "ShellVar":
+        if not _ENV_NAME.match(name):
+            raise ValueError(f"shell variable name({name!r}) must match [A-Za-z_][A-Za-z0-9_]*")
+        obj = super().__new__(cls, "${" + name + "}")
+        obj.name = name
+        return obj
+
+
+def shell_quote(arg: str) -> str:
+    """One argv element as a shell word: ShellVar expands, anything else is inert (shlex.quote)."""
+    if isinstance(arg, ShellVar):
+        return f'"${{{arg.name}}}"'
+    return shlex.quote(str(arg))
+
+
+def shell_join(argv) -> str:
+    return " ".join(shell_quote(a) for a in argv)
+
+
+@dataclass(frozen=True)
+class Command:
+    """A process to start: its argv and the environment variables to set on top of the caller's."""
+
+    argv: tuple[str, ...]
+    env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.argv or not all(isinstance(a, str) for a in self.argv):
+            raise ValueError(f"argv({self.argv!r}) must be a non-empty tuple of strings")
+        object.__setattr__(self, "argv", tuple(self.argv))
+        for key, value in self.env.items():
+            if not _ENV_NAME.match(key) or not isinstance(value, str):
+                raise ValueError(f"env {key}={value!r}: names must be identifiers and values strings")
+
+    def with_args(self, *extra: str) -> "Command":
+        """The same command with more arguments for the training program appended."""
+        return Command(self.argv + tuple(extra), dict(self.env))
+
+    def shell(self) -> str:
+        """One line a user can paste: VAR=value ... argv (every value quoted)."""
+        env = " ".join(f"{k}={shell_quote(v)}" for k, v in sorted(self.env.items()))
+        return (env + " " if env else "") + shell_join(self.argv)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What the launch commands need to know about a run directory and where it runs."""
+
+    run_dir: str                      # absolute path of the run directory (rendered scripts use it as is)
+    nodes: int = 1
+    procs_per_node: int = 1           # GPUs per node, or CPU processes per node
+    hosts: tuple[str, ...] = ()       # host names when known (multi-node deepspeed needs them)
+    master_addr: str = "127.0.0.1"    # rendezvous host; the first host when hosts are known
+    master_port: int = DEFAULT_MASTER_PORT
+    cpu: bool = False                 # no GPU: DS_ACCELERATOR=cpu, gloo (the training program picks it)
+    python: str = "python3"           # the interpreter that runs launchers and the training program
+    train_args: tuple[str, ...] = ()  # extra arguments for the training program
+
+    def __post_init__(self) -> None:
+        if not self.run_dir or not PurePosixPath(self.run_dir).is_absolute():
+            raise ValueError(f"run_dir({self.run_dir!r}) must be an absolute path")
+        for name in ("nodes", "procs_per_node"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}({value!r}) must be a positive integer")
+        if not isinstance(self.master_port, int) or not 1 <= self.master_port <= 65535:
+            raise ValueError(f"master_port({self.master_port!r}) must be an integer in 1..65535")
+        object.__setattr__(self, "hosts", tuple(self.hosts))
+        object.__setattr__(self, "train_args", tuple(self.train_args))
+        if self.hosts and len(self.hosts) != self.nodes:
+            raise ValueError(f"hosts({', '.join(self.hosts)}) lists {len(self.hosts)} hosts for nodes({self.nodes})")
+        for host in self.hosts:
+            if not host or any(c.isspace() for c in host) or host.startswith("-"):
+                raise ValueError(f"host({host!r}) must be a host name without spaces, not starting with '-'")
+        if not self.master_addr:
+            raise ValueError("master_addr('') must name the rendezvous host")
+        if not self.python:
+            raise ValueError("python('') must name the interpreter, e.g. sys.executable")
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.procs_per_node
+
+    @property
+    def log_dir(self) -> str:
+        return str(PurePosixPath(self.run_dir) / "logs")
+
+    @property
+    def hostfile(self) -> str:
+        return str(PurePosixPath(self.run_dir) / "hostfile")
+
+    @property
+    def job_script(self) -> str:
+        return str(PurePosixPath(self.run_dir) / "job.sbatch")
+
+
+def train_args(run: RunSpec) -> tuple[str, ...]:
+    """The training program's own arguments (after `-m shardplan.launch.train`)."""
+    return ("--run-dir", run.run_dir) + run.train_args
+
+
+def base_env(run: RunSpec) -> dict[str, str]:
+    """Environment every launcher gets: unbuffered output so per-rank logs are live; CPU accelerator."""
+    env = {"PYTHONUNBUFFERED": "1"}
+    if run.cpu:
+        env["DS_ACCELERATOR"] = "cpu"  # deepspeed/accelerator/real_accelerator.py reads it
+    return env
+
+
+def deepspeed_command(run: RunSpec, *, node_rank: int | None = None) -> Command:
+    """The deepspeed launcher (deepspeed/launcher/runner.py, same as the `deepspeed` script).
+
+    One node: `--num_gpus N` (also the number of CPU processes with DS_ACCELERATOR=cpu: the runner
+    takes range(N) without asking the accelerator). Several nodes: `--hostfile` + pdsh/ssh from this
+    node, or with node_rank given, `--no_ssh --node_rank R` run on every node by the caller.
+    Each rank's output goes to <run>/logs/<timestamp>_rank<R>.log (`--enable_each_rank_log`).
+    """
+    argv = [run.python, "-u", "-m", "deepspeed.launcher.runner"]
+    if run.nodes == 1:
+        argv += ["--num_gpus", str(run.procs_per_node)]
+    else:
+        if not run.hosts:
+            raise ValueError(f"nodes({run.nodes}) with the deepspeed launcher needs the host names "
+                             "(--hosts a,b or --hostfile); or use torchrun / SLURM")
+        argv += ["--hostfile", run.hostfile, "--num_nodes", str(run.nodes), "--num_gpus", str(run.procs_per_node)]
+        if node_rank is not None:
+            if not 0 <= node_rank < run.nodes:
+                raise ValueError(f"node_rank({node_rank}) must be in 0..{run.nodes - 1}")
+            argv += ["--no_ssh", "--node_rank", str(node_rank)]
+    argv += ["--master_addr", run.master_addr, "--master_port", str(run.master_port),
+             "--enable_each_rank_log", run.log_dir, "--module", TRAIN_MODULE]
+    return Command(tuple(argv) + train_args(run), base_env(run))
+
+
+def _torchrun_argv(run: RunSpec, nnodes: str, node_rank: str, master_addr: str, master_port: str) -> tuple[str, ...]:
+    # --max-restarts 0: a dead rank ends the job instead of restarting the group (fail fast).
+    # --redirects 3 --tee 3: stdout+stderr of every rank to <log-dir>/<run id>/attempt_0/<local rank>/
+    # and to the console (torch/distributed/elastic/multiprocessing/api.py).
+    return (run.python, "-u", "-m", "torch.distributed.run",
+            "--nnodes", nnodes, "--node-rank", node_rank, "--nproc-per-node", str(run.procs_per_node),
+            "--master-addr", master_addr, "--master-port", master_port, "--max-restarts", "0",
+            "--log-dir", run.log_dir, "--redirects", "3", "--tee", "3",
+            "-m", TRAIN_MODULE) + train_args(run)
+
+
+def torchrun_command(run: RunSpec, *, node_rank: int | str = 0) -> Command:
+    """torchrun on one node of the job (static rendezvous at master_addr:master_port).
+
+    node_rank is this node's index; pass ShellVar("NODE_RANK") to let the shell supply it.
+    """
+    if isinstance(node_rank, int) and not 0 <= node_rank < run.nodes:
+        raise ValueError(f"node_rank({node_rank}) must be in 0..{run.nodes - 1}")
+    rank = node_rank if isinstance(node_rank, ShellVar) else str(node_rank)
+    argv = _torchrun_argv(run, str(run.nodes), rank, run.master_addr, str(run.master_port))
+    return Command(argv, base_env(run))
+
+
+def srun_torchrun_line(run: RunSpec) -> Command:
+    """The per-node launch inside job.sbatch: srun starts one torchrun agent per node.
+
+    The node rank must be expanded on each node ($SLURM_NODEID differs per task), not by the batch
+    shell, so the torchrun line runs under `bash -c` in each task; "$@" (the training program's extra
+    arguments) reaches it as bash -c's positional parameters. MASTER_ADDR/MASTER_PORT are exported by
+    the batch script and inherited by the tasks (srun's default --export=ALL).
+    """
+    inner = _torchrun_argv(run, ShellVar("SLURM_NNODES"), ShellVar("SLURM_NODEID"),
+                           ShellVar("MASTER_ADDR"), ShellVar("MASTER_PORT"))
+    script = "exec " + shell_join(inner) + ' "$@"'
+    output = slurm_filename(str(PurePosixPath(run.log_dir) / "slurm-")) + "%j-node%n.out"
+    argv = ("srun", "--kill-on-bad-exit=1", "--ntasks-per-node=1", "--output", output,
+            "bash", "-c", script, "shardplan-node")
+    return Command(argv, base_env(run))
+
+
+def sbatch_command(run_dir: str) -> Command:
+    """Submit the run's job.sbatch; --parsable prints just the job id (sbatch(1))."""
+    if not PurePosixPath(run_dir).is_absolute():
+        raise ValueError(f"run_dir({run_dir!r}) must be an absolute path")
+    return Command(("sbatch", "--parsable", str(PurePosixPath(run_dir) / "job.sbatch")), {})
+
+
+def slurm_filename(path: str) -> str:
+    """A literal path inside a SLURM filename pattern: '%' would start a pattern (sbatch(1)), '%%' is '%'."""
+    return path.replace("%", "%%")
+
+
+def command_for(run: RunSpec, scheduler: str) -> Command:
+    """The command `shardplan launch --scheduler S` runs from this node."""
+    if scheduler == "local":
+        if run.nodes != 1:
+            raise ValueError(f"scheduler 'local' runs on this node only, but the run has nodes({run.nodes}); "
+                             "use --scheduler deepspeed, torchrun or slurm")
+        return deepspeed_command(run)
+    if scheduler == "deepspeed":
+        return deepspeed_command(run)
+    if scheduler == "torchrun":
+        return torchrun_command(run, node_rank=0)
+    if scheduler == "slurm":
+        return sbatch_command(run.run_dir)
+    raise ValueError(f"scheduler({scheduler!r}) must be one of local, deepspeed, torchrun, slurm")
