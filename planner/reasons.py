@@ -1,0 +1,144 @@
+"""Why the winner won: one line per decision, against the closest alternative that decided otherwise."""
+from __future__ import annotations
+
+from .cluster import Cluster
+from .estimate import Estimate
+from .layout import Layout
+from .search import TIE, SearchResult
+
+GB = 1e9
+DIMS = ("zero_stage", "tp", "pp", "checkpointing", "offload", "micro_batch")
+CKPT = {"none": "no activation checkpointing", "full": "full activation checkpointing",
+        "selective": "selective activation checkpointing"}
+OFFLOAD = {"none": "no CPU offload", "optimizer": "optimizer offload to CPU",
+           "optimizer+params": "optimizer and parameter offload to CPU"}
+
+
+def value(layout: Layout, dim: str):
+    v = getattr(layout, dim)
+    return int(v) if dim == "zero_stage" else v
+
+
+def label(layout: Layout, dim: str) -> str:
+    v = value(layout, dim)
+    return {"zero_stage": f"ZeRO-{v}", "tp": f"tp={v}", "pp": f"pp={v}", "micro_batch": f"micro-batch {v}",
+            "checkpointing": CKPT.get(v, v), "offload": OFFLOAD.get(v, v)}[dim]
+
+
+class Option:
+    """A layout the search looked at: an Estimate when it fits, only its memory when it does not."""
+
+    __slots__ = ("layout", "peak", "estimate")
+
+    def __init__(self, layout: Layout, peak: int, estimate: Estimate | None) -> None:
+        self.layout, self.peak, self.estimate = layout, peak, estimate
+
+
+def _closest(best: Layout, options: list[Option], dim: str) -> Option | None:
+    """Differs in dim; agrees on most other decisions; fits before not; then faster, or leaner when none fits."""
+    others = [d for d in DIMS if d not in (dim, "micro_batch")]
+    alts = [o for o in options if value(o.layout, dim) != value(best, dim)]
+    if dim == "micro_batch":
+        alts = [o for o in alts if all(value(o.layout, d) == value(best, d) for d in others)]
+    if not alts:
+        return None
+    return min(alts, key=lambda o: (sum(value(o.layout, d) != value(best, d) for d in others),
+                                    o.estimate is None,
+                                    -o.estimate.tokens_per_s if o.estimate else o.peak))
+
+
+def _pct(x: float) -> str:
+    return f"{x * 100:+.1f}%" if abs(x) < 0.095 else f"{x * 100:+.0f}%"
+
+
+def versus(best: Estimate, alt: Option, alt_label: str, usable: float) -> str:
+    """How the winner compares with one alternative, in numbers."""
+    if alt.estimate is None:
+        return f"{alt_label} needs {alt.peak / GB:.1f} GB per GPU, over the {usable / GB:.1f} GB usable"
+    other = alt.estimate
+    faster = best.tokens_per_s / other.tokens_per_s - 1
+    less = (other.memory.peak_bytes - best.memory.peak_bytes) / GB
+    if faster > TIE:
+        text = f"{faster:.0%} faster than {alt_label}" if faster >= 0.095 else f"{faster:.1%} faster than {alt_label}"
+        text += f" ({best.step_time_s:.3g} s vs {other.step_time_s:.3g} s per step)"
+        if less > 0.05:
+            text += f" and {less:.1f} GB less per GPU"
+        elif less < -0.05:
+            text += f", for {-less:.1f} GB more per GPU"
+        return text
+    slower = best.step_time_s / other.step_time_s - 1
+    if less > 0.05:
+        return f"{less:.1f} GB less per GPU than {alt_label} for {_pct(slower)} step time"
+    return f"as fast as {alt_label} (within {TIE:.0%}) and no more memory"
+
+
+def _extra(dim: str, best: Estimate, alt: Option | None, cluster: Cluster) -> str:
+    layout = best.layout
+    if dim == "tp" and layout.tp > 1:
+        where = "stays inside a node" if cluster.nodes > 1 else "runs inside the node"
+        return (f"tp={layout.tp} {where}: NVLink {cluster.gpu.nvlink_gbps:.0f} GB/s vs "
+                f"{cluster.inter_node_gbps:.0f} GB/s between nodes")
+    if dim == "tp":
+        return "no tensor-parallel all-reduces (4 per layer per micro-batch)"
+    if dim == "pp" and layout.pp > 1:
+        return (f"bubble (pp-1)/m = {layout.pp - 1}/{layout.grad_accum} = "
+                f"{(layout.pp - 1) / layout.grad_accum:.1%} of the compute")
+    if dim == "pp":
+        return "no pipeline bubble"
+    if dim == "checkpointing" and layout.checkpointing == "none":
+        extra = "fits without it"
+        if alt and alt.estimate:
+            ratio = alt.estimate.time.compute_s / best.time.compute_s - 1
+            if ratio > 0:
+                extra += f" and avoids {ratio:.0%} recompute"
+        return extra
+    if dim == "checkpointing" and alt and alt.layout.micro_batch != layout.micro_batch:
+        return f"allows micro-batch {layout.micro_batch} instead of {alt.layout.micro_batch}"
+    return ""
+
+
+def _micro_batch_line(best: Estimate, options: list[Option], usable: float, headroom: float) -> str | None:
+    layout = best.layout
+    per_replica = layout.micro_batch * layout.grad_accum
+    same = [o for o in options if all(value(o.layout, d) == value(layout, d) for d in DIMS[:5])]
+    bigger = sorted((o for o in same if o.layout.micro_batch > layout.micro_batch), key=lambda o: o.layout.micro_batch)
+    accum = (f"grad accum {layout.grad_accum} reaches the global batch {layout.global_batch}" if layout.grad_accum > 1
+             else f"no gradient accumulation: micro-batch × dp({layout.dp}) is the global batch")
+    if not bigger:
+        if layout.micro_batch == per_replica:
+            return f"micro-batch {layout.micro_batch}: the whole per-replica batch; {accum}"
+        return f"micro-batch {layout.micro_batch}; {accum}"
+    nxt = bigger[0]
+    if nxt.estimate is None:
+        return (f"micro-batch {layout.micro_batch}: largest that fits with {headroom:.0%} headroom "
+                f"(micro-batch {nxt.layout.micro_batch} needs {nxt.peak / GB:.1f} GB > {usable / GB:.1f} GB); {accum}")
+    return (f"micro-batch {layout.micro_batch} over {nxt.layout.micro_batch}: "
+            f"{versus(best, nxt, f'micro-batch {nxt.layout.micro_batch}', usable)}; {accum}")
+
+
+def explain(best: Estimate, result: SearchResult, cluster: Cluster) -> list[str]:
+    options = [Option(e.layout, e.memory.peak_bytes, e) for e in result.fits]
+    options += [Option(layout, m.peak_bytes, None) for layout, m in result.misses]
+    layout = best.layout
+    lines = [f"{cluster.world_size} GPUs = dp {layout.dp} × tp {layout.tp} × pp {layout.pp}; global batch "
+             f"{layout.global_batch} sequences = micro-batch {layout.micro_batch} × grad accum {layout.grad_accum} "
+             f"× dp {layout.dp} ({layout.global_batch * best.training.seq_len:,} tokens)"]
+    for dim in DIMS[:5]:
+        alt = _closest(layout, options, dim)
+        extra = _extra(dim, best, alt, cluster)
+        if alt is None:
+            if dim == "offload":
+                lines.append(f"{OFFLOAD['none']}: fits in GPU memory ({best.memory.peak_bytes / GB:.1f} of "
+                             f"{result.usable / GB:.1f} GB usable)" if layout.offload == "none"
+                             else f"{label(layout, dim)}: the only choice left")
+            continue
+        alt_label = label(alt.layout, dim)
+        diff = [label(alt.layout, d) for d in DIMS[:5] if d != dim and value(alt.layout, d) != value(layout, d)]
+        if diff:
+            alt_label += f" ({', '.join(diff)})"
+        line = f"{label(layout, dim)} over {label(alt.layout, dim)}: " + versus(best, alt, alt_label, result.usable)
+        lines.append(line + (f"; {extra}" if extra else ""))
+    micro = _micro_batch_line(best, options, result.usable, best.headroom)
+    if micro:
+        lines.append(micro)
+    return lines

@@ -1,0 +1,260 @@
+"""The search: enumerate the layouts a job can use, keep what fits, rank by predicted throughput.
+
+Rules (README "How plan searches"):
+- world = dp · tp · pp uses every GPU of the cluster.
+- tp divides gpus_per_node (a tensor-parallel group never leaves a node), n_heads and n_kv_heads.
+- pp divides n_layers (even stages) and world / tp.
+- ZeRO 0-3; at most 1 when pp > 1 (DeepSpeed's pipeline engine refuses 2 and 3).
+- micro_batch divides the per-replica batch (global / dp); grad_accum = global / (dp · micro_batch).
+- checkpointing none or full; "selective" (Megatron-LM's) only when asked for: DeepSpeed checkpoints whole layers.
+- CPU offload only when nothing fits without it: optimizer (ZeRO ≥ 1), optimizer+params (ZeRO-3).
+- fits: peak ≤ capacity · (1 - headroom). Ranked by tokens/s; within TIE of the fastest, less memory wins.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from .cluster import Cluster
+from .estimate import Estimate, MemoryBreakdown, Training
+from .layout import CHECKPOINTING, OFFLOADS, Layout, ZeroStage
+from .memory import estimate_memory
+from .model import ModelSpec
+from .timing import estimate_time
+
+TIE = 0.01                      # throughput within 1% counts as a tie: the model is not more precise than that
+DEFAULT_BATCH_TOKENS = 2 ** 19  # GPT-3 (Brown et al. 2020, table 2.1) trains its small models on 0.5M-token batches
+SEARCHED_CHECKPOINTING = ("none", "full")
+CONSTRAINTS = ("tp", "pp", "zero_stage", "micro_batch", "checkpointing", "offload", "max_micro_batch", "top")
+
+
+class NothingFits(ValueError):
+    """No layout fits; `.suggestion` says what would (more GPUs, offload, a larger card)."""
+
+    def __init__(self, message: str, suggestion: str = "") -> None:
+        super().__init__(f"{message}; {suggestion}" if suggestion else message)
+        self.suggestion = suggestion
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The winner, the best of each other family (zero, tp, pp, checkpointing, offload), and why."""
+
+    best: Estimate
+    candidates: tuple[Estimate, ...]   # runners-up, best first; the winner is not repeated here
+    evaluated: int                     # layouts whose memory (and, when they fit, time) was estimated
+    reasons: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        return {"best": self.best.to_dict(), "candidates": [c.to_dict() for c in self.candidates],
+                "evaluated": self.evaluated, "reasons": list(self.reasons)}
+
+
+def divisors(n: int) -> list[int]:
+    small = [d for d in range(1, int(n ** 0.5) + 1) if n % d == 0]
+    return sorted(set(small + [n // d for d in small]))
+
+
+def default_global_batch(world: int, seq_len: int) -> int:
+    """Sequences per step when the user gives none: world · 2^k, the smallest reaching 0.5M tokens.
+
+    A multiple of the world keeps every data-parallel degree whole; powers of two leave micro-batch choices.
+    """
+    batch = world
+    while batch * seq_len < DEFAULT_BATCH_TOKENS:
+        batch *= 2
+    return batch
+
+
+def usable_bytes(capacity: int, headroom: float) -> float:
+    return capacity * (1 - headroom)
+
+
+def check_layout(model: ModelSpec, cluster: Cluster, layout: Layout) -> None:
+    """Raise ValueError naming the value and the fix when the layout cannot run on this model and cluster."""
+    if layout.world_size != cluster.world_size:
+        raise ValueError(f"dp({layout.dp})·tp({layout.tp})·pp({layout.pp}) = {layout.world_size} must equal the "
+                         f"cluster's {cluster.world_size} GPUs ({cluster.spec}); leave --dp out to derive it")
+    if layout.tp > cluster.gpus_per_node or cluster.gpus_per_node % layout.tp:
+        raise ValueError(f"tp({layout.tp}) must divide the {cluster.gpus_per_node} GPUs of a node: tensor "
+                         "parallelism all-reduces every layer and stays on NVLink")
+    for name, heads in (("n_heads", model.n_heads), ("n_kv_heads", model.n_kv_heads)):
+        if heads % layout.tp:
+            raise ValueError(f"tp({layout.tp}) must divide {name}({heads}) of {model.name}; "
+                             f"use --tp in {[t for t in divisors(heads) if t <= cluster.gpus_per_node]}")
+    if model.n_layers % layout.pp:
+        raise ValueError(f"pp({layout.pp}) must divide n_layers({model.n_layers}) of {model.name} (even stages); "
+                         f"use --pp in {divisors(model.n_layers)[:8]}")
+
+
+def evaluate(model: ModelSpec, cluster: Cluster, layout: Layout, training: Training,
+             headroom: float = 0.1) -> Estimate:
+    """Memory and step time of one layout. training.global_batch 0 means the layout's own."""
+    check_headroom(headroom)
+    check_layout(model, cluster, layout)
+    if training.global_batch == 0:
+        training = dataclasses.replace(training, global_batch=layout.global_batch)
+    elif training.global_batch != layout.global_batch:
+        raise ValueError(
+            f"global batch {training.global_batch} != micro_batch({layout.micro_batch})·grad_accum"
+            f"({layout.grad_accum})·dp({layout.dp}) = {layout.global_batch}; change --grad-accum or --global-batch")
+    return _estimate(model, cluster, layout, training, headroom)
+
+
+def _estimate(model, cluster, layout, training, headroom, memory: MemoryBreakdown | None = None) -> Estimate:
+    memory = memory or estimate_memory(model, cluster, layout, training)
+    return Estimate(model, cluster, layout, training, memory, estimate_time(model, cluster, layout, training),
+                    headroom)
+
+
+def check_headroom(headroom: float) -> None:
+    if not 0 <= headroom < 1:
+        raise ValueError(f"headroom({headroom!r}) must be a fraction in [0, 1), e.g. 0.1 for 10%")
+
+
+# ---------------------------------------------------------------------------------------------- search
+@dataclass
+class SearchResult:
+    """Everything the search looked at: what fits (full Estimates) and what did not (memory only)."""
+
+    fits: list[Estimate]
+    misses: list[tuple[Layout, MemoryBreakdown]]
+    evaluated: int
+    training: Training
+    usable: float
+
+
+def families(model: ModelSpec, cluster: Cluster, c: dict, offload: bool):
+    """(tp, pp, dp, zero, checkpointing, offload) tuples allowed by the rules and the constraints."""
+    world = cluster.world_size
+    tps = [t for t in divisors(cluster.gpus_per_node) if model.n_heads % t == 0 and model.n_kv_heads % t == 0]
+    ckpts = (c["checkpointing"],) if c.get("checkpointing") else SEARCHED_CHECKPOINTING
+    for tp in tps if c.get("tp") is None else [c["tp"]]:
+        for pp in divisors(model.n_layers) if c.get("pp") is None else [c["pp"]]:
+            if (world // tp) % pp or world % tp:
+                continue
+            dp = world // (tp * pp)
+            zeros = (0, 1) if pp > 1 else (0, 1, 2, 3)
+            if c.get("zero_stage") is not None:
+                zeros = tuple(z for z in zeros if z == int(c["zero_stage"]))
+            for zero in zeros:
+                offloads = ["none"]
+                if offload:
+                    offloads = [o for o in OFFLOADS[1:] if zero == 3 or o == "optimizer"] if zero else []
+                if c.get("offload") is not None:
+                    offloads = [o for o in offloads + ["none"] if o == c["offload"]][:1]
+                for ckpt in ckpts:
+                    for off in offloads:
+                        yield tp, pp, dp, zero, ckpt, off
+
+
+def search(model: ModelSpec, cluster: Cluster, training: Training, headroom: float, c: dict,
+           offload: bool) -> SearchResult:
+    """Best micro-batches of every family: bisect the largest that fits (memory grows with it), time those below."""
+    usable = usable_bytes(cluster.gpu.memory_bytes, headroom)
+    result = SearchResult([], [], 0, training, usable)
+    for tp, pp, dp, zero, ckpt, off in families(model, cluster, c, offload):
+        if training.global_batch % dp:
+            continue
+        per_replica = training.global_batch // dp
+        micros = [m for m in divisors(per_replica) if m <= c.get("max_micro_batch", per_replica)]
+        if c.get("micro_batch") is not None:
+            micros = [m for m in micros if m == c["micro_batch"]]
+        if not micros:
+            continue
+
+        def layout(m: int) -> Layout:
+            return Layout(dp, tp, pp, ZeroStage(zero), m, per_replica // m, ckpt, off)
+
+        memo: dict[int, MemoryBreakdown] = {}
+
+        def memory(i: int) -> MemoryBreakdown:
+            if i not in memo:
+                memo[i] = estimate_memory(model, cluster, layout(micros[i]), training)
+                result.evaluated += 1
+            return memo[i]
+
+        lo, hi = 0, len(micros) - 1          # invariant: micros[lo] fits (checked), micros[hi+1] does not
+        if memory(0).peak_bytes > usable:
+            result.misses.append((layout(micros[0]), memo[0]))
+            continue
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if memory(mid).peak_bytes <= usable:
+                lo = mid
+            else:
+                hi = mid - 1
+        if lo + 1 < len(micros):
+            result.misses.append((layout(micros[lo + 1]), memory(lo + 1)))
+        for i in range(lo + 1):
+            result.fits.append(_estimate(model, cluster, layout(micros[i]), training, headroom, memory(i)))
+    return result
+
+
+def rank(estimates: list[Estimate]) -> list[Estimate]:
+    """Fastest first; within TIE of the fastest the one with less memory first (then the rest by speed)."""
+    ordered = sorted(estimates, key=lambda e: (-e.tokens_per_s, e.memory.peak_bytes))
+    if not ordered:
+        return ordered
+    top = ordered[0].tokens_per_s * (1 - TIE)
+    tied = [e for e in ordered if e.tokens_per_s >= top]
+    winner = min(tied, key=lambda e: e.memory.peak_bytes)
+    return [winner] + [e for e in ordered if e is not winner]
+
+
+def family_key(layout: Layout) -> tuple:
+    return (int(layout.zero_stage), layout.tp, layout.pp, layout.checkpointing, layout.offload)
+
+
+def resolve_training(model: ModelSpec, cluster: Cluster, training: Training) -> Training:
+    if training.global_batch:
+        return training
+    return dataclasses.replace(training, global_batch=default_global_batch(cluster.world_size, training.seq_len))
+
+
+def check_constraints(constraints: dict) -> dict:
+    unknown = set(constraints) - set(CONSTRAINTS)
+    if unknown:
+        raise ValueError(f"unknown plan constraints {sorted(unknown)}; known: {', '.join(CONSTRAINTS)}")
+    c = {k: v for k, v in constraints.items() if v is not None}
+    if c.get("checkpointing") is not None and c["checkpointing"] not in CHECKPOINTING:
+        raise ValueError(f"checkpointing({c['checkpointing']!r}) must be one of {', '.join(CHECKPOINTING)}")
+    if c.get("offload") is not None and c["offload"] not in OFFLOADS:
+        raise ValueError(f"offload({c['offload']!r}) must be one of {', '.join(OFFLOADS)}")
+    return c
+
+
+def run_search(model: ModelSpec, cluster: Cluster, training: Training, headroom: float, c: dict) -> SearchResult:
+    """Without offload first; with offload only when nothing fits without it (or when offload is asked for)."""
+    check_headroom(headroom)
+    training = resolve_training(model, cluster, training)
+    wants_offload = c.get("offload") not in (None, "none")
+    result = search(model, cluster, training, headroom, c, offload=wants_offload)
+    if not result.fits and c.get("offload") is None:
+        more = search(model, cluster, training, headroom, c, offload=True)
+        more.misses[:0] = result.misses
+        more.evaluated += result.evaluated
+        result = more
+    return result
+
+
+def plan(model: ModelSpec, cluster: Cluster, training: Training, headroom: float = 0.1, **constraints) -> Plan:
+    """Search every layout, rank what fits, explain the winner. Raises NothingFits (with .suggestion).
+
+    constraints: tp, pp, zero_stage, micro_batch, checkpointing, offload fix that choice;
+    max_micro_batch caps micro-batches; top (default 5) is how many runners-up to return.
+    """
+    c = check_constraints(constraints)
+    result = run_search(model, cluster, training, headroom, c)
+    if not result.fits:
+        from .suggest import nothing_fits
+        raise nothing_fits(model, cluster, result, headroom, c)
+    ranked = rank(result.fits)
+    best, seen, runners = ranked[0], {family_key(ranked[0].layout)}, []
+    for e in ranked[1:]:
+        if family_key(e.layout) not in seen:
+            seen.add(family_key(e.layout))
+            runners.append(e)
+    from .reasons import explain
+    reasons = explain(best, result, cluster)
+    return Plan(best, tuple(runners[: c.get("top", 5)]), result.evaluated, tuple(reasons))
