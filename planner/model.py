@@ -1,7 +1,7 @@
 """ModelSpec: the shape of a decoder-only transformer, its exact parameter count and FLOPs per token."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal
 
 Arch = Literal["gpt2", "llama"]
@@ -30,6 +30,9 @@ class ModelSpec:
     attention_bias: bool = False  # llama-style q/k/v/o biases (Qwen2 has q/k/v only; see qkv_bias_only)
     qkv_bias_only: bool = False
     mlp_bias: bool = False
+    # Sequence length the model is usually trained at (the planner's default --seq-len); 0 means
+    # max_seq_len. Llama 3.1 has a 131072-token context but was pre-trained at 8192.
+    default_seq_len: int = 0
 
     def __post_init__(self) -> None:
         for f in ("n_layers", "hidden", "n_heads", "n_kv_heads", "ffn_hidden", "vocab", "max_seq_len"):
@@ -43,6 +46,12 @@ class ModelSpec:
                 raise ValueError(f"{self.name}: n_heads({self.n_heads}) must divide hidden({self.hidden}), "
                                  "or give head_dim")
             object.__setattr__(self, "head_dim", self.hidden // self.n_heads)
+        if self.default_seq_len == 0:
+            object.__setattr__(self, "default_seq_len", self.max_seq_len)
+        if not isinstance(self.default_seq_len, int) or self.default_seq_len < 1:
+            raise ValueError(f"{self.name}: default_seq_len({self.default_seq_len!r}) must be a positive integer")
+        if self.arch not in ("gpt2", "llama"):
+            raise ValueError(f"{self.name}: arch({self.arch!r}) must be 'gpt2' or 'llama'")
 
     # ---- parameter counts (exact: equal sum(p.numel()) of the transformers model, tied counted once)
     @property
@@ -96,4 +105,12 @@ class ModelSpec:
         return {"name": self.name, "params": self.params, "arch": self.arch, "n_layers": self.n_layers,
                 "hidden": self.hidden, "n_heads": self.n_heads, "n_kv_heads": self.n_kv_heads,
                 "ffn_hidden": self.ffn_hidden, "vocab": self.vocab, "max_seq_len": self.max_seq_len,
-                "tied_embeddings": self.tied_embeddings, "head_dim": self.head_dim}
+                "tied_embeddings": self.tied_embeddings, "head_dim": self.head_dim,
+                "attention_bias": self.attention_bias, "qkv_bias_only": self.qkv_bias_only,
+                "mlp_bias": self.mlp_bias, "default_seq_len": self.default_seq_len}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelSpec":
+        """Inverse of to_dict (plan.json's "model"); derived keys such as "params" are ignored."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})

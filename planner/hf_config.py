@@ -1,0 +1,134 @@
+"""Read a local Hugging Face config.json (or a model directory holding one) into a ModelSpec.
+
+transformers' config classes do the reading (defaults, attribute aliases such as GPT-2's n_embd), so a
+config.json means what it means to transformers. Nothing is downloaded. transformers is imported only
+here, and only when a path is given, so planning from a preset stays fast.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .model import ModelSpec
+
+# model_type -> (which attention biases it has, whether it reads mlp_bias). Only types whose layer shape
+# the "llama" arch reproduces exactly (RMSNorm with a weight, q/k/v/o, 3-matrix gated MLP, no q/k norms);
+# tests/test_model.py checks each, biases on and off, against transformers' model on the meta device.
+#   "flag": q/k/v/o biases when attention_bias;
+#   "qkv": q/k/v biases always (Qwen2Attention); "none": no biases whatever the config says.
+LLAMA_LIKE: dict[str, tuple[str, bool]] = {
+    "llama": ("flag", True), "granite": ("flag", True), "smollm3": ("flag", True),
+    "gemma": ("flag", False), "mistral": ("none", False), "ministral": ("none", False), "phi3": ("none", False),
+    "qwen2": ("qkv", False),
+}
+# GPT-2 layout: LayerNorm with bias, learned positions, 2-matrix MLP, biases everywhere.
+GPT2_LIKE: frozenset[str] = frozenset({"gpt2"})
+SUPPORTED = tuple(sorted(GPT2_LIKE | set(LLAMA_LIKE)))
+
+
+def _config_file(path: str | Path) -> Path:
+    p = Path(path).expanduser()
+    if p.is_dir():
+        p = p / "config.json"
+        if not p.is_file():
+            raise ValueError(f"model directory {str(path)!r} has no config.json: give a Hugging Face "
+                             "model directory or the path of its config.json")
+    elif not p.is_file():
+        raise ValueError(f"model config {str(path)!r} does not exist: give a preset name or the path of a "
+                         "Hugging Face config.json or model directory")
+    return p
+
+
+def read_config_dict(path: str | Path) -> tuple[Path, dict]:
+    """The parsed config.json and where it was, or a ValueError naming the file and what is wrong."""
+    f = _config_file(path)
+    try:
+        text = f.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read model config {str(f)!r}: {e}; check the path and its permissions") from None
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"model config {str(f)!r} is not valid JSON ({e.msg} at line {e.lineno} column "
+                         f"{e.colno}): fix the file or give a preset name") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"model config {str(f)!r} is a JSON {type(d).__name__}, not an object: "
+                         "give a Hugging Face config.json")
+    return f, d
+
+
+def _pretrained_seq_len(d: dict, context: int) -> int:
+    # Long-context checkpoints (Llama 3.1: rope scaling to 131072) record the pre-training length here.
+    for key in ("rope_parameters", "rope_scaling"):
+        rope = d.get(key)
+        if isinstance(rope, dict) and isinstance(rope.get("original_max_position_embeddings"), int):
+            return min(rope["original_max_position_embeddings"], context)
+    return context
+
+
+def load_hf_config(path: str | Path) -> ModelSpec:
+    """A ModelSpec from a local config.json or model directory; decoder-only GPT-2/Llama-like types only."""
+    f, d = read_config_dict(path)
+    model_type = d.get("model_type")
+    if not isinstance(model_type, str) or not model_type:
+        raise ValueError(f"model config {str(f)!r} has no \"model_type\": give a Hugging Face config.json "
+                         f"of a decoder-only model ({', '.join(SUPPORTED)})")
+    if d.get("is_encoder_decoder") or "encoder" in d or "decoder" in d:
+        raise ValueError(f"model config {str(f)!r} is an encoder-decoder ({model_type}): shardplan plans "
+                         f"decoder-only models ({', '.join(SUPPORTED)})")
+    if model_type not in SUPPORTED:
+        raise ValueError(f"model config {str(f)!r}: model_type {model_type!r} is not supported (its layer "
+                         f"shape is not modelled); supported: {', '.join(SUPPORTED)} - or use a preset "
+                         "with --layers/--hidden/--heads/--kv-heads/--ffn-hidden/--vocab overrides")
+    from transformers import AutoConfig  # lazy: transformers takes seconds to import
+
+    try:
+        cfg = AutoConfig.for_model(model_type).__class__.from_dict(d)
+    except Exception as e:  # the config class's own validation: wrong types, inconsistent values
+        cause = e.__cause__ or e  # huggingface_hub wraps the validator's error in a multi-line one
+        reason = " ".join(str(cause).split())
+        raise ValueError(f"model config {str(f)!r} is not a valid {model_type} config ({reason}); "
+                         "fix the file") from None
+    name = f.parent.name or model_type
+    try:
+        spec = _gpt2_spec(name, cfg) if model_type in GPT2_LIKE else _llama_spec(name, cfg, d, LLAMA_LIKE[model_type])
+    except (TypeError, AttributeError) as e:
+        raise ValueError(f"model config {str(f)!r} is missing or has a malformed shape field ({e}); "
+                         "fix the file") from None
+    except ValueError as e:
+        raise ValueError(f"model config {str(f)!r}: {e}") from None
+    return spec
+
+
+def _need(cfg, key: str):
+    v = getattr(cfg, key, None)
+    if v is None:
+        raise TypeError(f"{key} is not set")
+    return v
+
+
+def _gpt2_spec(name: str, cfg) -> ModelSpec:
+    hidden = _need(cfg, "n_embd")
+    return ModelSpec(name=name, arch="gpt2", n_layers=_need(cfg, "n_layer"), hidden=hidden,
+                     n_heads=_need(cfg, "n_head"), n_kv_heads=_need(cfg, "n_head"),
+                     ffn_hidden=getattr(cfg, "n_inner", None) or 4 * hidden,  # GPT2MLP: n_inner or 4*n_embd
+                     vocab=_need(cfg, "vocab_size"), max_seq_len=_need(cfg, "n_positions"),
+                     tied_embeddings=bool(getattr(cfg, "tie_word_embeddings", True)))
+
+
+def _llama_spec(name: str, cfg, raw: dict, kind: tuple[str, bool]) -> ModelSpec:
+    biases, reads_mlp_bias = kind
+    bias_flag = bool(getattr(cfg, "attention_bias", False))
+    hidden, heads = _need(cfg, "hidden_size"), _need(cfg, "num_attention_heads")
+    head_dim = getattr(cfg, "head_dim", None) or 0
+    if heads and hidden % heads == 0 and head_dim == hidden // heads:
+        head_dim = 0  # the derived value; keep it derived so --hidden/--heads overrides recompute it
+    context = _need(cfg, "max_position_embeddings")
+    return ModelSpec(name=name, arch="llama", n_layers=_need(cfg, "num_hidden_layers"), hidden=hidden,
+                     n_heads=heads, n_kv_heads=getattr(cfg, "num_key_value_heads", None) or heads,
+                     ffn_hidden=_need(cfg, "intermediate_size"), vocab=_need(cfg, "vocab_size"),
+                     max_seq_len=context, tied_embeddings=bool(getattr(cfg, "tie_word_embeddings", False)),
+                     head_dim=head_dim, attention_bias=biases == "flag" and bias_flag,
+                     qkv_bias_only=biases == "qkv",
+                     mlp_bias=reads_mlp_bias and bool(getattr(cfg, "mlp_bias", False)),
+                     default_seq_len=_pretrained_seq_len(raw, context))
