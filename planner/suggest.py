@@ -93,7 +93,7 @@ def nothing_fits(model: ModelSpec, cluster: Cluster, result: SearchResult, headr
         return NothingFits(
             f"global batch {training.global_batch} is not a multiple of any data-parallel degree "
             f"this cluster allows ({', '.join(map(str, dps[:6]))})",
-            f"use a multiple of {dps[0]}, e.g. --global-batch {dps[0] * max(1, training.global_batch // dps[0])}"
+            f"use a multiple of {dps[0]}, e.g. --global-batch {dps[0] * -(-training.global_batch // dps[0])}"
             if dps else "relax --tp/--pp")
     peak, layout = min(((m.peak_bytes, l) for l, m in result.misses), key=lambda x: x[0])
     message = (f"{model.name} does not fit on {cluster.spec} with {headroom:.0%} headroom: the leanest layout "

@@ -1,0 +1,124 @@
+"""Console rendering of estimates, plans and comparisons (rich). Printing only: numbers come from the planner."""
+from __future__ import annotations
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from .estimate import Estimate
+
+GB = 1e9
+PARTS = (("params", "params_bytes", "blue"), ("grads", "grads_bytes", "magenta"),
+         ("optimizer", "optimizer_bytes", "yellow"), ("activations", "activations_bytes", "green"),
+         ("other", "other_bytes", "cyan"))
+BAR = 40
+
+
+def gb(n: float) -> str:
+    return f"{n / GB:.1f} GB"
+
+
+def layout_line(e: Estimate) -> str:
+    l = e.layout
+    return (f"dp={l.dp} tp={l.tp} pp={l.pp} ZeRO-{int(l.zero_stage)} micro-batch={l.micro_batch} "
+            f"grad-accum={l.grad_accum} checkpointing={l.checkpointing} offload={l.offload}")
+
+
+def memory_bar(e: Estimate) -> Text:
+    """One character per 1/BAR of the card, coloured by part; the headroom limit marked with '|'."""
+    m, cap = e.memory, e.memory.capacity_bytes
+    bar, used = Text(), 0
+    for _, key, colour in PARTS:
+        n = round(getattr(m, key) / cap * BAR)
+        n = min(n, BAR * 2 - used)
+        bar.append("█" * n, style=colour)
+        used += n
+    limit = round(BAR * (1 - e.headroom))
+    rest = "".join("|" if i == limit else "░" for i in range(used, BAR))
+    bar.append(rest, style="dim")
+    return bar
+
+
+def memory_table(e: Estimate) -> Table:
+    m = e.memory
+    table = Table(show_header=False, box=None, padding=(0, 1))
+    for name, key, colour in PARTS:
+        table.add_row(Text("■ " + name, style=colour), gb(getattr(m, key)))
+    fits = Text("fits", style="bold green") if e.fits else Text("DOES NOT FIT", style="bold red")
+    table.add_row("peak per GPU", Text.assemble(gb(m.peak_bytes), f" of {gb(m.capacity_bytes)} (",
+                                                f"{e.headroom:.0%} headroom kept) ", fits))
+    table.add_row("", memory_bar(e))
+    return table
+
+
+def estimate_summary(e: Estimate, console: Console, title: str = "Layout") -> None:
+    console.print(f"[bold]{title}[/bold] for {e.model.name} ({e.model.params / 1e9:.2f}B params) on "
+                  f"{e.cluster.spec} ({e.cluster.world_size} GPUs), seq {e.training.seq_len}, "
+                  f"global batch {e.layout.global_batch}, {e.training.precision}")
+    console.print("  " + layout_line(e), style="bold cyan", highlight=False)
+    console.print(memory_table(e))
+    t = e.time
+    console.print(f"  step time [bold]{e.step_time_s:.3g} s[/bold]   tokens/s [bold]{e.tokens_per_s:,.0f}[/bold]"
+                  f"   MFU [bold]{e.mfu:.1%}[/bold]", highlight=False)
+    parts = [("compute", t.compute_s), ("optimizer", t.optimizer_s), ("dp comm", t.dp_comm_s),
+             ("tp comm", t.tp_comm_s), ("pp comm", t.pp_comm_s), ("bubble", t.bubble_s),
+             ("offload", t.offload_s), ("overhead", t.overhead_s)]
+    shown = ", ".join(f"{name} {s:.3g} s" for name, s in parts if s > 0)
+    console.print(f"  [dim]{shown}; {t.comm_bytes / GB:.2f} GB communicated per GPU per step[/dim]",
+                  highlight=False)
+
+
+def candidates_table(candidates) -> Table:
+    table = Table(title="Next best alternatives", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, show_edge=False)
+    for col in ("dp×tp×pp", "ZeRO", "micro×accum", "ckpt", "offload", "GB/GPU", "step s", "tokens/s", "MFU"):
+        table.add_column(col, justify="left" if col in ("ckpt", "offload") else "right", no_wrap=True)
+    for e in candidates:
+        l = e.layout
+        table.add_row(f"{l.dp}×{l.tp}×{l.pp}", str(int(l.zero_stage)), f"{l.micro_batch}×{l.grad_accum}",
+                      l.checkpointing, l.offload, f"{e.memory.peak_bytes / GB:.1f}",
+                      f"{e.step_time_s:.3g}", f"{e.tokens_per_s:,.0f}", f"{e.mfu:.1%}")
+    return table
+
+
+def print_plan(plan, console: Console | None = None) -> None:
+    console = console or Console()
+    estimate_summary(plan.best, console, title="Plan")
+    if plan.candidates:
+        console.print(candidates_table(plan.candidates))
+    console.print("[bold]Why[/bold]")
+    for reason in plan.reasons:
+        console.print(f"  • {reason}", highlight=False)
+    console.print(f"[dim]{plan.evaluated} layouts evaluated[/dim]")
+
+
+def compare_table(rows) -> Table:
+    from .search import rank
+
+    fits = [e for _, e in rows if e.fits]
+    best = rank(fits)[0] if fits else None
+    first = rows[0][1]
+    table = Table(title=f"{first.model.name} on {first.cluster.spec}, seq {first.training.seq_len}, "
+                        f"global batch {first.layout.global_batch}", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, show_edge=False)
+    for col, just in (("method", "left"), ("dp×tp×pp", "right"), ("ZeRO", "right"), ("micro×accum", "right"),
+                      ("ckpt", "left"), ("GB/GPU", "right"), ("fits", "left"), ("step s", "right"),
+                      ("tokens/s", "right"), ("MFU", "right"), ("comm GB", "right"), ("bubble", "right")):
+        table.add_column(col, justify=just, no_wrap=True)
+    for name, e in rows:
+        l = e.layout
+        bubble = e.time.bubble_s / e.step_time_s if e.step_time_s else 0.0
+        table.add_row(("★ " if e is best else "") + name, f"{l.dp}×{l.tp}×{l.pp}", str(int(l.zero_stage)),
+                      f"{l.micro_batch}×{l.grad_accum}", l.checkpointing + ("" if l.offload == "none" else
+                                                                            f" +{l.offload} offload"),
+                      f"{e.memory.peak_bytes / GB:.1f}", "yes" if e.fits else "[red]no[/red]",
+                      f"{e.step_time_s:.3g}", f"{e.tokens_per_s:,.0f}", f"{e.mfu:.1%}",
+                      f"{e.time.comm_bytes / GB:.1f}", f"{bubble:.1%}")
+    return table
+
+
+def print_compare(rows, console: Console | None = None) -> None:
+    console = console or Console()
+    console.print(compare_table(rows))
+    console.print("[dim]★ fastest that fits. Each method at its best micro-batch and checkpointing; "
+                  "a method where nothing fits shows its leanest layout. GB/GPU: predicted peak; "
+                  "comm GB: sent per GPU per step; bubble: share of the step.[/dim]")

@@ -1,0 +1,156 @@
+"""The search: every layout it returns can run, pruning loses nothing, offload only when needed, explanations."""
+import dataclasses
+import itertools
+
+import pytest
+
+from shardplan.planner import Cluster, GPUType, Layout, NothingFits, Training, evaluate, get_model, plan
+from shardplan.planner.search import TIE, default_global_batch, divisors, family_key, rank
+from shardplan.planner.suggest import leanest, smallest_cluster
+
+CARD = GPUType("TEST-80GB", 80 * 10**9, 312.0, 312.0, 19.5, 2039.0, 300.0)
+SMALL_CARD = dataclasses.replace(CARD, name="TEST-16GB", memory_bytes=16 * 10**9)
+
+
+def cluster(nodes=1, per_node=8, card=CARD):
+    return Cluster(nodes, per_node, card)
+
+
+def brute_force(model, cl, training, headroom, offloads=("none",)):
+    """Every layout the rules allow, evaluated one by one: what the pruned search must agree with."""
+    world = cl.world_size
+    out = []
+    for tp in divisors(cl.gpus_per_node):
+        if model.n_heads % tp or model.n_kv_heads % tp:
+            continue
+        for pp in divisors(model.n_layers):
+            if world % (tp * pp):
+                continue
+            dp = world // (tp * pp)
+            if training.global_batch % dp:
+                continue
+            per_replica = training.global_batch // dp
+            for zero, ckpt, off, micro in itertools.product(range(4), ("none", "full"), offloads,
+                                                            divisors(per_replica)):
+                try:
+                    layout = Layout(dp, tp, pp, zero, micro, per_replica // micro, ckpt, off)
+                except ValueError:
+                    continue           # e.g. ZeRO-2 with pp > 1
+                out.append(evaluate(model, cl, layout, training, headroom))
+    return out
+
+
+@pytest.mark.parametrize("name, nodes, per_node, batch", [
+    ("gpt2", 1, 1, 64), ("gpt2-xl", 1, 8, 64), ("llama-3.2-1b", 2, 4, 32), ("llama-2-7b", 1, 8, 16)])
+def test_pruned_search_finds_the_brute_force_best(name, nodes, per_node, batch):
+    model, cl = get_model(name), cluster(nodes, per_node)
+    training = Training(seq_len=1024, global_batch=batch)
+    everything = brute_force(model, cl, training, 0.1)
+    fitting = [e for e in everything if e.fits]
+    result = plan(model, cl, training, headroom=0.1)
+    assert result.best.fits
+    assert result.best.tokens_per_s >= max(e.tokens_per_s for e in fitting) * (1 - TIE) - 1e-9
+    assert result.evaluated <= len(everything)     # bisection evaluates fewer layouts than brute force
+
+
+@pytest.mark.parametrize("name, nodes, per_node", [("gpt2-xl", 2, 8), ("llama-3-8b", 4, 8), ("llama-2-13b", 1, 8)])
+def test_every_planned_layout_obeys_the_rules(name, nodes, per_node):
+    model, cl = get_model(name), cluster(nodes, per_node)
+    result = plan(model, cl, Training(seq_len=2048, global_batch=256), headroom=0.1, top=20)
+    families = set()
+    for e in (result.best,) + result.candidates:
+        l = e.layout
+        assert l.world_size == cl.world_size
+        assert cl.gpus_per_node % l.tp == 0 and model.n_heads % l.tp == 0 and model.n_kv_heads % l.tp == 0
+        assert model.n_layers % l.pp == 0
+        assert l.pp == 1 or l.zero_stage <= 1
+        assert l.global_batch == 256
+        assert e.fits and e.memory.peak_bytes <= CARD.memory_bytes * 0.9
+        assert l.offload == "none"                 # these fit without offload
+        families.add(family_key(l))
+    assert len(families) == 1 + len(result.candidates)   # runners-up are distinct families
+    ranked = [result.best.tokens_per_s] + [c.tokens_per_s for c in result.candidates]
+    assert all(result.best.tokens_per_s >= t * (1 - TIE) for t in ranked)
+    assert ranked[1:] == sorted(ranked[1:], reverse=True)
+
+
+def test_rank_prefers_less_memory_within_the_tie_tolerance():
+    model, cl = get_model("gpt2-xl"), cluster(1, 8)
+    training = Training(1024, 64)
+    options = brute_force(model, cl, training, 0.1)
+    winner = rank([e for e in options if e.fits])[0]
+    fastest = max(e.tokens_per_s for e in options if e.fits)
+    tied = [e for e in options if e.fits and e.tokens_per_s >= fastest * (1 - TIE)]
+    assert winner.memory.peak_bytes == min(e.memory.peak_bytes for e in tied)
+
+
+def test_constraints_fix_the_choice():
+    model, cl = get_model("llama-3-8b"), cluster(2, 8)
+    result = plan(model, cl, Training(2048, 128), tp=4, zero_stage=1, checkpointing="full")
+    for e in (result.best,) + result.candidates:
+        assert (e.layout.tp, int(e.layout.zero_stage), e.layout.checkpointing) == (4, 1, "full")
+
+
+def test_default_global_batch_is_a_multiple_of_the_world_reaching_half_a_million_tokens():
+    assert default_global_batch(1, 1024) == 512
+    assert default_global_batch(8, 4096) == 128
+    assert default_global_batch(3072, 2048) == 3072
+    assert default_global_batch(6, 2048) == 384
+    result = plan(get_model("gpt2"), cluster(1, 1), Training(1024))
+    assert result.best.layout.global_batch == 512
+    assert result.best.to_dict()["training"]["global_batch"] == 512
+
+
+def test_global_batch_no_data_parallel_degree_divides_says_which_would():
+    with pytest.raises(NothingFits, match=r"global batch 7 is not a multiple") as err:
+        plan(get_model("gpt2-tiny"), cluster(2, 8), Training(64, 7))   # dp >= 2: tp <= 4 heads, pp <= 2 layers
+    assert "--global-batch" in err.value.suggestion
+
+
+def test_offload_only_when_nothing_fits_without_it():
+    model = get_model("llama-2-7b")
+    small = cluster(1, 1, SMALL_CARD)
+    lean = leanest(model, small, Training(1024, 8), offload=False)
+    assert lean[0] > SMALL_CARD.memory_bytes * 0.9, "premise: 7B does not fit one 16 GB card without offload"
+    try:
+        result = plan(model, small, Training(1024, 8))
+    except NothingFits:
+        pytest.skip("the memory model gives offload no room on this card")
+    assert result.best.layout.offload != "none"
+    assert any("offload" in r and "needs" in r for r in result.reasons)
+
+
+def test_nothing_fits_suggests_the_smallest_cluster_that_does():
+    model = get_model("llama-2-70b")
+    small = cluster(1, 8, SMALL_CARD)
+    training = Training(4096, 64)
+    with pytest.raises(NothingFits) as err:
+        plan(model, small, training, offload="none")
+    bigger = smallest_cluster(model, small, training, 0.1)
+    assert bigger is not None and f"--cluster {bigger.spec}" in err.value.suggestion
+    assert leanest(model, bigger, training, False)[0] <= SMALL_CARD.memory_bytes * 0.9
+    if bigger.nodes > 1:    # one node fewer does not fit: the count is the smallest
+        fewer = dataclasses.replace(bigger, nodes=bigger.nodes - 1)
+        assert leanest(model, fewer, training, False)[0] > SMALL_CARD.memory_bytes * 0.9
+    assert "needs" in str(err.value) and "GB usable" in str(err.value)
+
+
+def test_reasons_give_one_line_per_decision_with_numbers():
+    result = plan(get_model("llama-2-13b"), cluster(2, 8), Training(4096, 64))
+    text = "\n".join(result.reasons)
+    assert result.reasons[0].startswith("16 GPUs = dp ")
+    assert f"ZeRO-{int(result.best.layout.zero_stage)} over ZeRO-" in text
+    assert f"tp={result.best.layout.tp} over tp=" in text
+    assert f"micro-batch {result.best.layout.micro_batch}" in text
+    assert any(ch.isdigit() for ch in text.replace("16 GPUs", ""))
+    for reason in result.reasons[1:]:
+        assert ("GB" in reason or "%" in reason or "faster" in reason or "fits" in reason), reason
+
+
+def test_a_zero_stage_that_does_not_fit_is_named_with_its_memory():
+    # 7B with Adam on 8 x 80 GB: plain data parallel holds 16+ bytes per parameter on every GPU.
+    model, cl = get_model("llama-2-7b"), cluster(1, 8)
+    result = plan(model, cl, Training(4096, 64), tp=1, pp=1)
+    assert int(result.best.layout.zero_stage) >= 1
+    zero_line = next(r for r in result.reasons if r.startswith(f"ZeRO-{int(result.best.layout.zero_stage)} over"))
+    assert "GB" in zero_line
