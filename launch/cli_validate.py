@@ -1,0 +1,106 @@
+"""`shardplan validate`: check DeepSpeed config files (schema, cross-field rules, DeepSpeed's own parser)."""
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+
+import click
+
+from shardplan.launch.cli import main
+
+
+def _positive(ctx, param, value):
+    if value is not None and value < 1:
+        raise click.BadParameter(f"{value} must be >= 1")
+    return value
+
+
+@main.command(context_settings={"max_content_width": 100})
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--world-size", type=int, callback=_positive, default=None,
+              help="Total number of GPUs (processes). Default: what the batch numbers imply, else tp*pp.")
+@click.option("--tp", type=int, callback=_positive, default=1, show_default=True,
+              help="Tensor-parallel degree (default: tensor_parallel.autotp_size when the config sets it).")
+@click.option("--pp", type=int, callback=_positive, default=1, show_default=True,
+              help="Pipeline-parallel degree (default: pipeline.stages when the config sets a number).")
+@click.option("--heads", type=int, callback=_positive, default=None,
+              help="Attention heads of the model, to check that autotp_size divides them.")
+@click.option("--allow-auto", is_flag=True,
+              help='The config is used through the Hugging Face Trainer/Accelerate: "auto" values are warnings.')
+@click.option("--no-deepspeed", is_flag=True, help="Skip DeepSpeed's own parser (schema and rules only; faster).")
+@click.option("--strict", is_flag=True, help="Fail on warnings too (unknown keys, deprecated keys, ignored settings).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON result per file (a JSON list) for scripts.")
+def validate(files, world_size, tp, pp, heads, allow_auto, no_deepspeed, strict, as_json):
+    """Check DeepSpeed config files before a job spends GPU hours finding out.
+
+    Three layers: a JSON Schema of every documented DeepSpeed key (types, ranges, unknown keys in the blocks
+    where DeepSpeed refuses them), cross-field rules (train_batch_size = micro x grad_accum x dp with
+    dp = world_size / (tp x pp); fp16 and bf16 not both on; ZeRO-2/3 not with pipeline parallelism;
+    offload_param and partial offload only with ZeRO-3; "auto" values; features DeepSpeed removed), and
+    DeepSpeed's own config parser when DeepSpeed is installed.
+
+    Exit status: 0 valid, 1 problems found (each with its JSON path, what is wrong and how to fix it),
+    2 usage error (missing file, not JSON). Warnings do not fail unless --strict.
+
+    \b
+    Examples:
+      shardplan validate runs/gpt2xl/ds_config.json
+      shardplan validate ds_config.json --world-size 16 --tp 2 --pp 2
+      shardplan validate configs/*.json --strict --json > report.json
+      shardplan validate hf_ds_config.json --allow-auto      # a Hugging Face Trainer config
+    """
+    # DeepSpeed logs to stdout (its accelerator notice at import): keep stdout for our report (--json is parsed).
+    with contextlib.redirect_stdout(sys.stderr):
+        results, unreadable = _validate_all(files, world_size, tp, pp, heads, allow_auto, no_deepspeed, as_json)
+    failed = any(not (r.ok_strict() if strict else r.ok) for r in results)
+    if as_json:
+        passed = [{**r.to_dict(), "passed": r.ok_strict() if strict else r.ok} for r in results]
+        click.echo(json.dumps(passed, indent=2))
+    else:
+        for index, r in enumerate(results):
+            if index in unreadable:
+                click.echo(f"error: {r.problems[0].message}", err=True)
+            else:
+                _print_result(r, strict)
+    sys.exit(2 if unreadable else 1 if failed else 0)
+
+
+def _validate_all(files, world_size, tp, pp, heads, allow_auto, no_deepspeed, as_json):
+    from shardplan.launch.validate import (ConfigFileError, Problem, ValidationResult, read_config_file,
+                                           validate_config)
+
+    results = []
+    unreadable: set[int] = set()  # indexes of files that are missing or not JSON: usage errors, exit 2
+    for index, name in enumerate(files):
+        if not as_json and len(files) > 1:
+            click.echo(f"[{index + 1}/{len(files)}] {name}", err=True)
+        try:
+            data, file_problems = read_config_file(name)
+        except ConfigFileError as e:
+            unreadable.add(index)
+            results.append(ValidationResult((Problem("$", str(e), "make it a readable JSON file", source="json"),),
+                                            file=name))
+            continue
+        try:
+            result = validate_config(data, world_size=world_size, tp=tp, pp=pp, heads=heads,
+                                     use_deepspeed=not no_deepspeed, allow_auto=allow_auto)
+        except ValueError as e:  # bad sizes (never a bad config)
+            raise click.UsageError(str(e)) from None
+        results.append(ValidationResult(tuple(file_problems) + result.problems, result.world_size,
+                                        result.world_size_source, result.deepspeed_checked, result.notes, name))
+
+    return results, unreadable
+
+
+def _print_result(r, strict: bool) -> None:
+    verdict = "OK" if (r.ok_strict() if strict else r.ok) else "INVALID"
+    counts = f"{len(r.errors)} error(s), {len(r.warnings)} warning(s)"
+    world = {"given": "given", "batch": "implied by the batch sizes", "default": "assumed"}[r.world_size_source]
+    click.echo(f"{r.file}: {verdict} ({counts}; world size {r.world_size} {world})")
+    for p in r.problems:
+        click.echo(f"  {p.severity:7} {p.path}  [{p.source}]")
+        click.echo(f"          {p.message}")
+        click.echo(f"          fix: {p.fix}")
+    for note in r.notes:
+        click.echo(f"  note: {note}")
