@@ -1,0 +1,71 @@
+"""shardplan's GPT-2 training program, driven by a run directory's plan.json and ds_config.json.
+
+Examples (from a rendered run directory):
+  deepspeed --num_gpus 2 -m shardplan.launch.train --run-dir runs/demo --steps 50
+  torchrun --nproc-per-node 2 -m shardplan.launch.train --run-dir runs/demo --resume --steps 100
+  python -m shardplan.launch.train --run-dir runs/one --data corpus/ --tokenizer gpt2-tokenizer/ --init-from gpt2/
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m shardplan.launch.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run-dir", required=True, type=Path, help="directory with plan.json and ds_config.json")
+    p.add_argument("--steps", type=int, default=100, help="train until this optimizer step (counting resumed ones)")
+    p.add_argument("--data", help="a text file or a directory of *.txt files (default: the embedded stdlib corpus)")
+    p.add_argument("--tokenizer", help="directory with tokenizer.json, or GPT-2 vocab.json + merges.txt "
+                                       "(default: a byte-level BPE trained on the data, cached in the run dir)")
+    p.add_argument("--init-from", help="local Hugging Face GPT-2 directory to start from (save_pretrained output)")
+    p.add_argument("--resume", action="store_true", help="continue from checkpoints/latest")
+    p.add_argument("--overwrite-checkpoints", action="store_true",
+                   help="start fresh even though the run dir already has checkpoints")
+    p.add_argument("--checkpoint-every", type=int, default=0, help="save every N steps (always at the end)")
+    p.add_argument("--seed", type=int, default=0, help="weights and data order")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.local_rank is not None:
+        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    from .checkpoint import CheckpointError
+    from .config import RunConfigError
+    from .data import DataError
+    from .loop import Options, UserError, run
+
+    opts = Options(run_dir=args.run_dir, steps=args.steps, data=args.data, tokenizer=args.tokenizer,
+                   init_from=args.init_from, resume=args.resume, overwrite_checkpoints=args.overwrite_checkpoints,
+                   checkpoint_every=args.checkpoint_every, seed=args.seed)
+    try:
+        summary = run(opts)
+    except (RunConfigError, CheckpointError, DataError, UserError, ValueError) as e:
+        # Every rank reaches the same verdict from the same files; rank 0 says it once.
+        if os.environ.get("RANK", "0") == "0":
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        _abandon_process_group()
+        return 2
+    if summary is not None:
+        print(json.dumps({k: summary[k] for k in ("steps", "final_loss", "tokens_per_s", "checkpoint")}), flush=True)
+    return 0
+
+
+def _abandon_process_group() -> None:
+    try:
+        import torch.distributed as dist
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    except Exception:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

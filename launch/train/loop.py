@@ -1,0 +1,129 @@
+"""One training run: validate everything, then build the engine, train, checkpoint, report, tear down."""
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import checkpoint as ckpt
+from .config import load_run_config
+
+
+@dataclass(frozen=True)
+class Options:
+    run_dir: Path
+    steps: int = 100
+    data: str | None = None
+    tokenizer: str | None = None
+    init_from: str | None = None
+    resume: bool = False
+    overwrite_checkpoints: bool = False
+    checkpoint_every: int = 0        # 0: only at the end
+    seed: int = 0
+
+
+class UserError(ValueError):
+    """Raised on any rank for bad input after the process group exists; every rank exits 2."""
+
+
+def _broadcast_error(message: str | None) -> None:
+    """Rank 0 did work the others wait for; if it failed, all ranks stop with its message."""
+    import deepspeed.comm as dist
+    box = [message]
+    dist.broadcast_object_list(box, src=0)
+    if box[0] is not None:
+        raise UserError(box[0])
+
+
+def _prepare_data(opts: Options, run, rank: int):
+    """Rank 0 tokenizes (cached in the run dir) while the others wait; then all map the token file."""
+    from .data import DataError, load_tokenizer, open_tokens, text_files, token_file
+    cache = opts.run_dir / "data"
+    error, path, source = None, None, None
+    if rank == 0:
+        try:
+            files = text_files(opts.data, cache)
+            tokenizer, source = load_tokenizer(opts.tokenizer, files, run.model.vocab, cache)
+            path = token_file(files, tokenizer, source, cache)
+        except DataError as e:
+            error = str(e)
+    _broadcast_error(error)
+    import deepspeed.comm as dist
+    box = [(str(path), source)]
+    dist.broadcast_object_list(box, src=0)
+    path, source = Path(box[0][0]), box[0][1]
+    return open_tokens(path), {"tokens_file": path.name, "tokenizer": source}
+
+
+def run(opts: Options) -> dict | None:
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    run_cfg = load_run_config(opts.run_dir, world_size)
+    ckpt_dir = ckpt.checkpoint_dir(opts.run_dir)
+    resume_tag = ckpt.check_start(ckpt_dir, opts.resume, opts.overwrite_checkpoints)
+    if opts.steps < 1:
+        raise UserError(f"--steps ({opts.steps}) must be at least 1")
+    init_state = None
+    if opts.init_from:
+        from .model import check_hf_shape, load_hf_state_dict, read_hf_config
+        check_hf_shape(run_cfg.model, read_hf_config(Path(opts.init_from)), Path(opts.init_from))
+        init_state = None if resume_tag else load_hf_state_dict(Path(opts.init_from))
+
+    import torch
+    from deepspeed.utils import logger as ds_logger
+    ds_logger.setLevel(logging.WARNING)
+    torch.manual_seed(opts.seed)
+    from .parallel import build_trainer, init_distributed
+    init_distributed()
+    import deepspeed.comm as dist
+
+    from .data import Sampler
+    tokens, data_facts = _prepare_data(opts, run_cfg, rank)
+    metadata = {"layout": run_cfg.layout_dict(), "model": run_cfg.model.shape_dict(),
+                "data": {**data_facts, "seed": opts.seed}}
+    if resume_tag:
+        ckpt.check_compatible(ckpt.read_metadata(ckpt_dir, resume_tag), metadata, ckpt_dir, resume_tag)
+    sampler = Sampler(n_tokens=len(tokens), seq_len=run_cfg.seq_len, micro_batch=run_cfg.micro_batch,
+                      grad_accum=run_cfg.grad_accum, dp=run_cfg.dp, seed=opts.seed)
+
+    trainer = build_trainer(run_cfg, opts.seed, init_state)
+    start = ckpt.load(trainer.engine, ckpt_dir, resume_tag) if resume_tag else 0
+    from .metrics import Metrics
+    flops_per_token = run_cfg.model_dict.get("params") or sum(p.numel() for p in trainer.engine.module.parameters())
+    flops_per_token = 6 * flops_per_token + 12 * run_cfg.model.n_layers * run_cfg.model.hidden * run_cfg.seq_len
+    metrics = Metrics(opts.run_dir / "metrics.jsonl", rank, world_size, flops_per_token, run_cfg.precision,
+                      run_cfg.global_batch * run_cfg.seq_len, opts.steps, append=bool(resume_tag))
+    saved_at = start
+    for step in range(start, opts.steps):
+        lr = trainer.engine.optimizer.param_groups[0]["lr"]   # the rate this step's update uses
+        t0 = time.perf_counter()
+        loss = trainer.train_step(step, tokens, sampler)
+        seconds = time.perf_counter() - t0
+        metrics.step(step + 1, loss, float(lr), seconds)
+        if opts.checkpoint_every and (step + 1) % opts.checkpoint_every == 0:
+            ckpt.save(trainer.engine, ckpt_dir, step + 1, metadata, rank)
+            saved_at = step + 1
+    if saved_at != opts.steps and start < opts.steps:
+        ckpt.save(trainer.engine, ckpt_dir, opts.steps, metadata, rank)
+
+    facts = [None] * world_size
+    dist.all_gather_object(facts, {"rank": rank, **trainer.rank_facts()})
+    summary = metrics.summary({"resumed_from": start, "layout": run_cfg.layout_dict(), "method": run_cfg.method,
+                               "ranks": facts, "checkpoint": ckpt.latest_tag(ckpt_dir)})
+    _teardown(trainer)
+    return summary
+
+
+def _teardown(trainer) -> None:
+    """ZeRO-3 and gloo can abort at interpreter exit: drop the engine and the process group explicitly."""
+    import deepspeed.comm as dist
+    import torch.distributed as tdist
+    dist.barrier()
+    trainer.engine.destroy() if hasattr(trainer.engine, "destroy") else None
+    trainer.engine = None
+    gc.collect()
+    if tdist.is_initialized():
+        tdist.destroy_process_group()

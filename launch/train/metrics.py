@@ -1,0 +1,101 @@
+"""metrics.jsonl on rank 0 (one line per optimizer step, a summary at the end) and the console progress line."""
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+FLOPS_FORMULA = "6N+12Lhs per token, PaLM appendix B (no recompute counted)"
+
+# Dense peak TFLOP/s per CUDA device-name fragment (vendor datasheets), precision -> peak.
+PEAK_TFLOPS = (
+    ("H200", {"bf16": 989.0, "fp16": 989.0, "fp32": 67.0}),
+    ("H100", {"bf16": 989.0, "fp16": 989.0, "fp32": 67.0}),
+    ("A100", {"bf16": 312.0, "fp16": 312.0, "fp32": 19.5}),
+    ("L40S", {"bf16": 362.0, "fp16": 362.0, "fp32": 91.6}),
+    ("A10", {"bf16": 125.0, "fp16": 125.0, "fp32": 31.2}),
+)
+
+
+def peak_flops(precision: str) -> tuple[float | None, str]:
+    """(peak FLOP/s of one device, what it is). On CPU there is no meaningful peak: MFU is reported as null."""
+    if not torch.cuda.is_available():
+        return None, "cpu: no peak, mfu null"
+    name = torch.cuda.get_device_name()
+    for fragment, peaks in PEAK_TFLOPS:
+        if fragment in name:
+            return peaks[precision] * 1e12, f"{name} dense {precision} datasheet peak {peaks[precision]} TFLOP/s"
+    return None, f"{name}: peak unknown, mfu null"
+
+
+def peak_memory_bytes() -> int:
+    """torch.cuda.max_memory_allocated on GPU; on CPU the process's max RSS (getrusage, KiB on Linux)."""
+    if torch.cuda.is_available():
+        return int(torch.cuda.max_memory_allocated())
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+def gather_peak_memory() -> list[int]:
+    import deepspeed.comm as dist
+    mine = torch.tensor([peak_memory_bytes()], dtype=torch.int64,
+                        device="cuda" if torch.cuda.is_available() else "cpu")
+    out = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, mine)
+    return [int(t.item()) for t in out]
+
+
+class Metrics:
+    """Rank 0 writes; other ranks only take part in the memory gather."""
+
+    def __init__(self, path: Path, rank: int, world_size: int, flops_per_token: int, precision: str,
+                 tokens_per_step: int, total_steps: int, append: bool):
+        self.rank, self.world_size = rank, world_size
+        self.flops_per_token, self.tokens_per_step, self.total_steps = flops_per_token, tokens_per_step, total_steps
+        self.peak, self.peak_source = peak_flops(precision)
+        self.file = open(path, "a" if append else "w") if rank == 0 else None
+        self.tty = sys.stdout.isatty()
+        self.records: list[dict] = []
+        self.started = time.time()
+
+    def step(self, step: int, loss: float, lr: float, seconds: float) -> None:
+        per_rank = gather_peak_memory()
+        if self.rank != 0:
+            return
+        tokens_per_s = self.tokens_per_step / seconds
+        mfu = (self.flops_per_token * tokens_per_s / (self.peak * self.world_size)) if self.peak else None
+        record = {"step": step, "loss": loss, "lr": lr, "tokens_per_s": tokens_per_s, "mfu": mfu,
+                  "flops_formula": FLOPS_FORMULA, "flops_per_token": self.flops_per_token,
+                  "peak_flops_per_device": self.peak, "peak_source": self.peak_source,
+                  "peak_allocated_bytes": max(per_rank), "peak_allocated_bytes_per_rank": per_rank,
+                  "world_size": self.world_size, "step_time_s": seconds, "time": time.time()}
+        self.records.append(record)
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        line = (f"step {step}/{self.total_steps}  loss {loss:.4f}  lr {lr:.2e}  {tokens_per_s:,.0f} tok/s"
+                + (f"  mfu {mfu:.1%}" if mfu is not None else "") + f"  peak {max(per_rank) / 2**20:,.0f} MiB")
+        if self.tty:
+            print("\r" + line.ljust(100), end="" if step < self.total_steps else "\n", flush=True)
+        else:
+            print(line, flush=True)
+
+    def summary(self, extra: dict) -> dict | None:
+        if self.rank != 0:
+            return None
+        timed = self.records[1:] or self.records   # the first step includes warm-up
+        record = {"event": "summary", "steps": len(self.records),
+                  "final_loss": self.records[-1]["loss"] if self.records else None,
+                  "tokens_per_s": (sum(r["tokens_per_s"] for r in timed) / len(timed)) if timed else None,
+                  "mfu": (sum(r["mfu"] for r in timed) / len(timed)) if timed and timed[0]["mfu"] is not None else None,
+                  "flops_formula": FLOPS_FORMULA, "peak_source": self.peak_source,
+                  "peak_allocated_bytes": max((r["peak_allocated_bytes"] for r in self.records), default=None),
+                  "peak_allocated_bytes_per_rank": self.records[-1]["peak_allocated_bytes_per_rank"]
+                  if self.records else None,
+                  "world_size": self.world_size, "wall_s": time.time() - self.started, "time": time.time(), **extra}
+        self.file.write(json.dumps(record) + "\n")
+        self.file.close()
+        return record

@@ -1,0 +1,251 @@
+"""GPT-2 written for parallelism: nn.Linear projections, heads as view(B, T, -1, head_dim), SDPA, tied embeddings.
+
+The structure (fused qkv, GELU tanh, logits = ln_f(x) @ wte.T, cross-entropy in fp32) is the one the
+planner's memory model was calibrated on, so its predictions apply to this program. Module names
+follow transformers' GPT2LMHeadModel so weights map one to one (only Conv1D's [in, out] is transposed).
+"""
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+# Tensor-parallel roles of the projections, by module name (the suffix after "h.<i>."). The render
+# helper turns these into ds_config's tensor_parallel.partition_config; AutoTP matches them by regex.
+COLUMN_PARALLEL = ("attn.c_attn", "mlp.c_fc")      # output dim split; c_attn is fused [q; k; v]
+ROW_PARALLEL = ("attn.c_proj", "mlp.c_proj")       # input dim split, all-reduce after
+FUSED_QKV = "attn.c_attn"
+
+
+def autotp_partition_config() -> dict:
+    """ds_config["tensor_parallel"]["partition_config"] for this GPT-2 (DeepSpeed AutoTPConfig.from_dict).
+
+    Fused qkv is viewed as shape [3, -1] so every rank gets its heads' q, k and v slices; everything
+    not named (embeddings, LayerNorms) stays replicated, which keeps the tied embedding whole.
+    """
+    def pattern(name: str) -> str:
+        return r".*\." + name.replace(".", r"\.") + r"\.weight$"
+
+    return {
+        "use_default_specs": False,
+        "layer_specs": [
+            {"patterns": [pattern(FUSED_QKV)], "partition_type": "column", "shape": [3, -1], "partition_dim": 0},
+            {"patterns": [pattern(n) for n in COLUMN_PARALLEL if n != FUSED_QKV], "partition_type": "column"},
+            {"patterns": [pattern(n) for n in ROW_PARALLEL], "partition_type": "row"},
+        ],
+    }
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    n_layers: int
+    hidden: int
+    n_heads: int
+    ffn_hidden: int
+    vocab: int
+    max_seq_len: int
+    checkpointing: str = "none"   # none | full (per-block recompute) | selective (attention core only)
+
+    def __post_init__(self) -> None:
+        if self.hidden % self.n_heads:
+            raise ValueError(f"n_heads({self.n_heads}) must divide hidden({self.hidden})")
+        if self.checkpointing not in ("none", "full", "selective"):
+            raise ValueError(f"checkpointing({self.checkpointing!r}) must be none, full or selective")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.n_heads
+
+    @classmethod
+    def from_model_dict(cls, m: dict, checkpointing: str = "none") -> "GPTConfig":
+        """From plan.json's best.model (ModelSpec.to_dict)."""
+        if m.get("arch") != "gpt2":
+            raise ValueError(f"model arch({m.get('arch')!r}): the training program builds GPT-2 only; "
+                             "plan a gpt2 model (e.g. --model gpt2-demo) or train llama with your own program")
+        if not m.get("tied_embeddings", True):
+            raise ValueError("model tied_embeddings(False): this GPT-2 ties wte and the LM head; plan a tied model")
+        if m.get("n_kv_heads", m["n_heads"]) != m["n_heads"]:
+            raise ValueError(f"n_kv_heads({m['n_kv_heads']}) != n_heads({m['n_heads']}): GPT-2 has no GQA")
+        return cls(n_layers=m["n_layers"], hidden=m["hidden"], n_heads=m["n_heads"], ffn_hidden=m["ffn_hidden"],
+                   vocab=m["vocab"], max_seq_len=m["max_seq_len"], checkpointing=checkpointing)
+
+    def shape_dict(self) -> dict:
+        return {"n_layers": self.n_layers, "hidden": self.hidden, "n_heads": self.n_heads,
+                "ffn_hidden": self.ffn_hidden, "vocab": self.vocab, "max_seq_len": self.max_seq_len}
+
+
+def _generator(seed: int, name: str) -> torch.Generator:
+    # One stream per module name: a pipeline stage that builds only its own layers gets the same
+    # initial weights as the single-process model, which the equivalence tests rely on.
+    return torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+
+
+def init_linear(layer: nn.Linear, seed: int, name: str, std: float = 0.02) -> None:
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(layer.weight.shape, generator=_generator(seed, name)) * std)
+        if layer.bias is not None:
+            layer.bias.zero_()
+
+
+def plain_linear(in_features: int, out_features: int, kind: str) -> nn.Module:
+    """The default LinearFactory: (in, out, "column" | "row") -> module. Megatron layers plug in here for 3D."""
+    return nn.Linear(in_features, out_features)
+
+
+LinearFactory = type(plain_linear)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: GPTConfig, linear: "LinearFactory"):
+        super().__init__()
+        self.head_dim = cfg.head_dim
+        self.selective = cfg.checkpointing == "selective"
+        self.c_attn = linear(cfg.hidden, 3 * cfg.hidden, "column")
+        self.c_proj = linear(cfg.hidden, cfg.hidden, "row")
+
+    @staticmethod
+    def _core(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        # chunk(3) on the last dim works for the whole projection and for a tensor-parallel shard alike:
+        # the shard holds [q_r; k_r; v_r] for this rank's heads (fused-qkv shape [3, -1]).
+        q, k, v = self.c_attn(x).chunk(3, dim=-1)
+        q, k, v = (t.view(B, T, -1, self.head_dim).transpose(1, 2) for t in (q, k, v))
+        if self.selective and torch.is_grad_enabled():
+            y = checkpoint(self._core, q, k, v, use_reentrant=False)
+        else:
+            y = self._core(q, k, v)
+        return self.c_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig, linear: "LinearFactory"):
+        super().__init__()
+        self.c_fc = linear(cfg.hidden, cfg.ffn_hidden, "column")
+        self.c_proj = linear(cfg.ffn_hidden, cfg.hidden, "row")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig, linear: "LinearFactory" = None):
+        super().__init__()
+        linear = linear or plain_linear
+        self.ln_1 = nn.LayerNorm(cfg.hidden)
+        self.attn = Attention(cfg, linear)
+        self.ln_2 = nn.LayerNorm(cfg.hidden)
+        self.mlp = MLP(cfg, linear)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+def init_block(block: Block, cfg: GPTConfig, seed: int, index: int) -> None:
+    """GPT-2 init: N(0, 0.02), residual projections N(0, 0.02/sqrt(2L)) (GPT-2 paper, section 2.3)."""
+    resid_std = 0.02 / math.sqrt(2 * cfg.n_layers)
+    for name in COLUMN_PARALLEL + ROW_PARALLEL:
+        layer = block.get_submodule(name)
+        init_linear(layer, seed, f"h.{index}.{name}", resid_std if name in ROW_PARALLEL else 0.02)
+
+
+class Embeddings(nn.Module):
+    """Token + learned position embeddings; also the tied LM head (logits = x @ wte.T)."""
+
+    def __init__(self, cfg: GPTConfig, seed: int = 0):
+        super().__init__()
+        self.wte = nn.Embedding(cfg.vocab, cfg.hidden)
+        self.wpe = nn.Embedding(cfg.max_seq_len, cfg.hidden)
+        with torch.no_grad():
+            self.wte.weight.copy_(torch.randn(self.wte.weight.shape, generator=_generator(seed, "wte")) * 0.02)
+            self.wpe.weight.copy_(torch.randn(self.wpe.weight.shape, generator=_generator(seed, "wpe")) * 0.01)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device))
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.wte.weight.t()
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy, upcast to fp32 as the calibration probe does."""
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
+
+
+class GPT(nn.Module):
+    """The whole model on one rank (ZeRO and AutoTP shard it through the engine)."""
+
+    def __init__(self, cfg: GPTConfig, seed: int = 0):
+        super().__init__()
+        self.cfg = cfg
+        emb = Embeddings(cfg, seed)
+        self.wte, self.wpe = emb.wte, emb.wpe   # flat names, as in transformers' GPT2Model
+        self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        for i, block in enumerate(self.h):
+            init_block(block, cfg, seed, i)
+        self.ln_f = nn.LayerNorm(cfg.hidden)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device))
+        for block in self.h:
+            if self.cfg.checkpointing == "full" and torch.is_grad_enabled():
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        logits = self.ln_f(x) @ self.wte.weight.t()
+        return logits if targets is None else lm_loss(logits, targets)
+
+
+# ---- transformers GPT-2 weights -------------------------------------------------------------------
+
+_CONV1D = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
+
+
+def read_hf_config(hf_dir: Path) -> dict:
+    path = Path(hf_dir) / "config.json"
+    if not path.is_file():
+        raise ValueError(f"--init-from {hf_dir}: no config.json there; give a local Hugging Face GPT-2 directory "
+                         "(save_pretrained output)")
+    return json.loads(path.read_text())
+
+
+def check_hf_shape(cfg: GPTConfig, hf: dict, hf_dir: Path) -> None:
+    """The plan's model must be the checkpoint's model: name every field that differs."""
+    if hf.get("model_type") != "gpt2":
+        raise ValueError(f"--init-from {hf_dir}: model_type({hf.get('model_type')!r}) is not gpt2")
+    theirs = {"n_layers": hf["n_layer"], "hidden": hf["n_embd"], "n_heads": hf["n_head"],
+              "ffn_hidden": hf.get("n_inner") or 4 * hf["n_embd"], "vocab": hf["vocab_size"],
+              "max_seq_len": hf["n_positions"]}
+    diff = [f"{k}: plan {v} vs checkpoint {theirs[k]}" for k, v in cfg.shape_dict().items() if theirs[k] != v]
+    if diff:
+        raise ValueError(f"--init-from {hf_dir} does not match the plan's model ({'; '.join(diff)}); "
+                         "plan with --model " + str(hf_dir))
+
+
+def load_hf_state_dict(hf_dir: Path) -> dict[str, torch.Tensor]:
+    """transformers' GPT2LMHeadModel weights mapped onto this model's names, Conv1D transposed."""
+    hf_dir = Path(hf_dir)
+    if (hf_dir / "model.safetensors").is_file():
+        from safetensors.torch import load_file
+        raw = load_file(str(hf_dir / "model.safetensors"))
+    elif (hf_dir / "pytorch_model.bin").is_file():
+        raw = torch.load(hf_dir / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    else:
+        raise ValueError(f"--init-from {hf_dir}: no model.safetensors or pytorch_model.bin there")
+    out = {}
+    for key, value in raw.items():
+        name = key.removeprefix("transformer.")
+        if name == "lm_head.weight" or name.endswith(".attn.bias") or name.endswith(".attn.masked_bias"):
+            continue   # tied to wte / causal-mask buffers of old checkpoints
+        out[name] = value.t().contiguous() if name.endswith(_CONV1D) else value
+    return out

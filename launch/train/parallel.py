@@ -1,0 +1,110 @@
+"""The DeepSpeed engine for a layout: ZeRO 0-3 and AutoTP on the plain GPT, PipelineModule for pp (and 3D)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .config import RunConfig
+from .data import Sampler
+from .model import COLUMN_PARALLEL, GPT, ROW_PARALLEL
+
+
+def init_distributed() -> None:
+    """Process group from the launcher's RANK/WORLD_SIZE/MASTER_* (deepspeed, torchrun, srun+torchrun)."""
+    import deepspeed
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    for key, default in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):
+        os.environ.setdefault(key, default)
+    if "MASTER_PORT" not in os.environ:
+        os.environ["MASTER_PORT"] = "29500"
+    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", verbose=False)
+
+
+@dataclass
+class Trainer:
+    """One rank's engine and where it sits in the layout."""
+
+    engine: object
+    run: RunConfig
+    pipeline: bool
+    dp_rank: int
+    tp_rank: int
+    pp_stage: int
+    dp_group: object
+
+    def train_step(self, step: int, tokens: np.ndarray, sampler: Sampler) -> float:
+        """One optimizer step over grad_accum micro-batches; returns the global mean loss (same on every rank)."""
+        if self.pipeline:
+            batches = iter([sampler.batch(tokens, step, m, self.dp_rank) for m in range(self.run.grad_accum)])
+            return float(self.engine.train_batch(data_iter=batches))
+        total = torch.zeros(())
+        for micro_step in range(self.run.grad_accum):
+            x, y = sampler.batch(tokens, step, micro_step, self.dp_rank)
+            device = self.engine.device
+            loss = self.engine(x.to(device), y.to(device))
+            self.engine.backward(loss)
+            self.engine.step()
+            total += loss.detach().float().cpu()
+        total /= self.run.grad_accum
+        if self.run.dp > 1:   # every micro-batch holds the same number of tokens: mean of means is the mean
+            import deepspeed.comm as dist
+            t = total.to(self.engine.device)
+            dist.all_reduce(t, group=self.dp_group)
+            total = t.cpu() / self.run.dp
+        return float(total)
+
+    def rank_facts(self) -> dict:
+        """What this rank holds: parameters (ZeRO-3 shard size when partitioned), blocks, tp-sharded weights."""
+        module = self.engine.module
+        held = sharded = 0
+        for name, p in module.named_parameters():
+            n = p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel()
+            held += n
+            if any(f".{k}." in f".{name}" for k in COLUMN_PARALLEL + ROW_PARALLEL) and name.endswith("weight"):
+                sharded += p.ds_numel if hasattr(p, "ds_numel") else p.numel()
+        blocks = sum(1 for m in module.modules() if type(m).__name__ in ("Block", "PipeBlock"))
+        return {"dp_rank": self.dp_rank, "tp_rank": self.tp_rank, "pp_stage": self.pp_stage,
+                "params_held": held, "projection_weights": sharded, "blocks": blocks}
+
+
+def build_trainer(run: RunConfig, seed: int, init_state: dict | None) -> Trainer:
+    import deepspeed
+    from deepspeed.utils import groups
+
+    config = run.engine_config()
+    if run.pp > 1:
+        from .pipe import build_pipeline
+        module = build_pipeline(run, seed, init_state)
+        engine, _, _, _ = deepspeed.initialize(model=module, model_parameters=module.parameters(), config=config)
+        grid = engine.grid
+        tp_rank = 0
+        if run.tp > 1:
+            from megatron.core import parallel_state
+            tp_rank = parallel_state.get_tensor_model_parallel_rank()
+            coords = (parallel_state.get_pipeline_model_parallel_rank(), parallel_state.get_data_parallel_rank(), tp_rank)
+            if coords != (grid.get_stage_id(), grid.data_parallel_id, grid.get_slice_parallel_rank()):
+                raise RuntimeError(f"Megatron groups (pp, dp, tp) {coords} do not match DeepSpeed's pipeline "
+                                   f"grid {(grid.get_stage_id(), grid.data_parallel_id, grid.get_slice_parallel_rank())}")
+        return Trainer(engine, run, True, grid.data_parallel_id, tp_rank, grid.get_stage_id(), grid.dp_group)
+    model = GPT(run.model, seed)
+    if init_state is not None:
+        model.load_state_dict(init_state, strict=True)
+    mpu = None
+    if run.tp > 1:
+        # AutoTP's groups, created before initialize and passed as mpu, so DeepSpeed counts train_batch_size
+        # over the data-parallel ranks (world / tp) instead of the whole world.
+        groups._init_tp_mesh_device(tensor_model_parallel_size=run.tp)
+        mpu = groups
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config, mpu=mpu)
+    tp_rank = groups.get_tensor_model_parallel_rank() if run.tp > 1 else 0
+    dp_group = groups._get_data_parallel_group()
+    import deepspeed.comm as dist
+    dp_rank = dist.get_rank(group=dp_group) if run.dp > 1 else 0
+    return Trainer(engine, run, False, dp_rank, tp_rank, 0, dp_group)

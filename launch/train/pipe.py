@@ -1,0 +1,147 @@
+"""GPT-2 as a DeepSpeed PipelineModule, with Megatron-core tensor-parallel layers for tp × pp × dp.
+
+AutoTP shards a plain module inside deepspeed.initialize, but on a PipelineModule its tensor-parallel
+groups do not match the pipeline grid, so 3D uses the Megatron-DeepSpeed pattern instead:
+megatron.core.parallel_state builds the tp/pp/dp groups, DeepSpeed's PipeModelDataParallelTopology
+describes the same rank order (tensor fastest, then data, then pipe), and the projections are
+Megatron ColumnParallelLinear / RowParallelLinear holding this rank's shard of the seeded full weights.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
+
+from .config import RunConfig
+from .model import Block, GPTConfig, _generator, init_block, lm_loss
+
+
+class TokenEmbedding(nn.Embedding):
+    """wte: the first stage looks tokens up, the last stage reuses it as the LM head (TiedLayerSpec)."""
+
+    def __init__(self, cfg: GPTConfig, seed: int):
+        super().__init__(cfg.vocab, cfg.hidden)
+        with torch.no_grad():
+            self.weight.copy_(torch.randn(self.weight.shape, generator=_generator(seed, "wte")) * 0.02)
+
+
+def _lm_head(embedding: TokenEmbedding, x: torch.Tensor) -> torch.Tensor:
+    return x @ embedding.weight.t()
+
+
+class PositionEmbedding(nn.Module):
+    def __init__(self, cfg: GPTConfig, seed: int):
+        super().__init__()
+        self.wpe = nn.Embedding(cfg.max_seq_len, cfg.hidden)
+        with torch.no_grad():
+            self.wpe.weight.copy_(torch.randn(self.wpe.weight.shape, generator=_generator(seed, "wpe")) * 0.01)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.wpe(torch.arange(x.shape[1], device=x.device))
+
+
+class FinalNorm(nn.LayerNorm):
+    pass
+
+
+class PipeBlock(Block):
+    """One transformer block, built with the single-process seed stream, then sharded over tp when tp > 1."""
+
+    def __init__(self, cfg: GPTConfig, seed: int, index: int, tp: int):
+        super().__init__(cfg)
+        init_block(self, cfg, seed, index)
+        if tp > 1:
+            _shard_to_megatron(self, cfg, tp)
+
+
+def _megatron_config(tp: int):
+    from megatron.core.model_parallel_config import ModelParallelConfig
+    return ModelParallelConfig(tensor_model_parallel_size=tp, use_cpu_initialization=True,
+                               perform_initialization=False, gradient_accumulation_fusion=False,
+                               params_dtype=torch.float32)
+
+
+def _no_init(weight: torch.Tensor) -> None:
+    """The shard is copied from the seeded full weight instead."""
+
+
+def _shard_to_megatron(block: Block, cfg: GPTConfig, tp: int) -> None:
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+
+    # Megatron layers return (output, bias); the block wants the output (bias already added).
+    class Column(ColumnParallelLinear):
+        def forward(self, x):
+            return super().forward(x)[0]
+
+    class Row(RowParallelLinear):
+        def forward(self, x):
+            return super().forward(x)[0]
+
+    rank = parallel_state.get_tensor_model_parallel_rank()
+    config = _megatron_config(tp)
+    for owner, name, kind in ((block.attn, "c_attn", "qkv"), (block.mlp, "c_fc", "column"),
+                              (block.attn, "c_proj", "row"), (block.mlp, "c_proj", "row")):
+        full: nn.Linear = getattr(owner, name)
+        w, b = full.weight.detach(), full.bias.detach()
+        if kind == "row":
+            layer = Row(full.in_features, full.out_features, config=config, init_method=_no_init, bias=True,
+                        input_is_parallel=True, skip_bias_add=False)
+            shard_w, shard_b = w.chunk(tp, dim=1)[rank], b
+        else:
+            layer = Column(full.in_features, full.out_features, config=config, init_method=_no_init, bias=True,
+                           gather_output=False)
+            if kind == "qkv":   # [q; k; v] viewed as [3, -1, in]: each rank takes its heads of all three
+                shard_w = w.view(3, -1, w.shape[1]).chunk(tp, dim=1)[rank].reshape(-1, w.shape[1])
+                shard_b = b.view(3, -1).chunk(tp, dim=1)[rank].reshape(-1)
+            else:
+                shard_w, shard_b = w.chunk(tp, dim=0)[rank], b.chunk(tp, dim=0)[rank]
+        with torch.no_grad():
+            layer.weight.copy_(shard_w)
+            layer.bias.copy_(shard_b)
+        setattr(owner, name, layer)
+
+
+def build_pipeline(run: RunConfig, seed: int, init_state: dict | None):
+    """PipelineModule over a topology that matches Megatron's groups; every stage holds n_layers/pp blocks."""
+    from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
+    from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
+
+    if run.tp > 1:
+        from megatron.core import parallel_state
+        if not parallel_state.model_parallel_is_initialized():
+            parallel_state.initialize_model_parallel(run.tp, run.pp, create_gloo_process_groups=False)
+    cfg = run.model
+    specs = [TiedLayerSpec("wte", TokenEmbedding, cfg, seed, tied_weight_attr="weight"),
+             LayerSpec(PositionEmbedding, cfg, seed)]
+    specs += [LayerSpec(PipeBlock, cfg, seed, i, run.tp) for i in range(cfg.n_layers)]
+    specs += [LayerSpec(FinalNorm, cfg.hidden),
+              TiedLayerSpec("wte", TokenEmbedding, cfg, seed, forward_fn=_lm_head, tied_weight_attr="weight")]
+    topology = PipeModelDataParallelTopology(num_pp=run.pp, num_mp=run.tp, num_dp=run.dp)
+    recompute = run.checkpointing == "full"
+    module = PipelineModule(layers=specs, topology=topology, loss_fn=lambda logits, y: lm_loss(logits, y),
+                            partition_method="type:PipeBlock", activation_checkpoint_interval=1 if recompute else 0,
+                            activation_checkpoint_func=functools.partial(checkpoint, use_reentrant=False))
+    if init_state is not None:
+        load_full_state_into_pipeline(module, init_state, run)
+    return module
+
+
+def load_full_state_into_pipeline(module, state: dict, run: RunConfig) -> None:
+    """Copy a whole-model state dict (GPT names, e.g. from --init-from) into this stage's layers."""
+    if run.tp > 1:
+        raise ValueError("--init-from with tp > 1 and pp > 1 is not supported; fine-tune with tp 1 or pp 1")
+    with torch.no_grad():
+        for offset, layer in enumerate(module.forward_funcs):
+            index = module._local_start + offset   # spec index: 0 wte, 1 wpe, 2.. blocks, then ln_f, head
+            if isinstance(layer, PositionEmbedding):
+                layer.wpe.weight.copy_(state["wpe.weight"])
+            elif isinstance(layer, PipeBlock):
+                prefix = f"h.{index - 2}."
+                layer.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+            elif isinstance(layer, FinalNorm):
+                layer.load_state_dict({"weight": state["ln_f.weight"], "bias": state["ln_f.bias"]})
+        for embedding in module.tied_modules.values():
+            embedding.weight.copy_(state["wte.weight"])

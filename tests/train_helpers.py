@@ -1,0 +1,68 @@
+"""Shared helpers for the training-program tests: a tiny run directory and real multi-process launches."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+TINY_MODEL = {"name": "gpt2-tiny", "arch": "gpt2", "n_layers": 2, "hidden": 64, "n_heads": 4, "n_kv_heads": 4,
+              "ffn_hidden": 256, "vocab": 512, "max_seq_len": 64, "tied_embeddings": True, "head_dim": 16}
+TINY_PARAMS = 512 * 64 + 64 * 64 + 2 * (64 * 192 + 192 + 64 * 64 + 64 + 2 * 64 * 256 + 256 + 64 + 4 * 64) + 2 * 64
+
+
+def make_run_dir(path: Path, dp=1, tp=1, pp=1, zero=0, micro=4, accum=1, seq_len=32, checkpointing="none",
+                 model: dict | None = None, ds_overrides: dict | None = None) -> Path:
+    """plan.json + ds_config.json as render writes them (fp32, AdamW, gradient clipping, warmup schedule)."""
+    path.mkdir(parents=True, exist_ok=True)
+    model = dict(model or TINY_MODEL, params=TINY_PARAMS)
+    layout = {"dp": dp, "tp": tp, "pp": pp, "zero_stage": zero, "micro_batch": micro, "grad_accum": accum,
+              "checkpointing": checkpointing, "offload": "none"}
+    plan = {"best": {"model": model, "layout": layout,
+                     "training": {"seq_len": seq_len, "global_batch": dp * micro * accum, "precision": "fp32"}},
+            "candidates": [], "evaluated": 1, "reasons": [], "command": "tests/train_helpers.py"}
+    ds = {"train_batch_size": dp * micro * accum, "train_micro_batch_size_per_gpu": micro,
+          "gradient_accumulation_steps": accum, "gradient_clipping": 1.0, "steps_per_print": 10**9,
+          "optimizer": {"type": "AdamW", "params": {"lr": 3e-3, "betas": [0.9, 0.95], "eps": 1e-8,
+                                                    "weight_decay": 0.1, "torch_adam": True}},
+          "scheduler": {"type": "WarmupLR", "params": {"warmup_min_lr": 0, "warmup_max_lr": 3e-3,
+                                                       "warmup_num_steps": 2}},
+          "zero_optimization": {"stage": zero}, "bf16": {"enabled": False}, "fp16": {"enabled": False},
+          "wall_clock_breakdown": False}
+    if tp > 1:
+        from shardplan.launch.train.model import autotp_partition_config
+        ds["tensor_parallel"] = {"autotp_size": tp, "partition_config": autotp_partition_config()}
+    if pp > 1:
+        ds["pipeline"] = {"stages": pp}
+    for key, value in (ds_overrides or {}).items():
+        ds[key] = value
+    (path / "plan.json").write_text(json.dumps(plan, indent=1))
+    (path / "ds_config.json").write_text(json.dumps(ds, indent=1))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train(run_dir: Path, nproc: int, *args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    """Run the training program under torchrun (nproc processes, gloo on CPU)."""
+    env = dict(os.environ, DS_ACCELERATOR="cpu", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
+               OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+           "--master-port", env["MASTER_PORT"], "-m", "shardplan.launch.train", "--run-dir", str(run_dir), *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def losses(run_dir: Path) -> list[float]:
+    lines = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in lines if "step" in r]
+
+
+def summary(run_dir: Path) -> dict:
+    lines = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in lines if r.get("event") == "summary"][-1]
