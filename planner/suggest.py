@@ -12,7 +12,7 @@ from .reasons import CKPT, OFFLOAD
 from .search import NothingFits, SearchResult, families, usable_bytes
 
 GB = 1e9
-MAX_NODES = 1 << 16
+MAX_NODES = 1 << 12    # 32768 GPUs of 8 per node: beyond that the answer is a smaller job, not more GPUs
 
 
 def leanest(model: ModelSpec, cluster: Cluster, training: Training, offload: bool, c: dict | None = None):
@@ -71,18 +71,19 @@ def smallest_cluster(model: ModelSpec, cluster: Cluster, training: Training, hea
 
 
 def larger_card(model: ModelSpec, cluster: Cluster, training: Training, headroom: float) -> Cluster | None:
-    """The catalog card with the least memory above this one's that fits the same cluster shape."""
+    """The catalog card with the least memory above this one's that fits this shape; else the fewest of the
+    largest card that fit."""
     try:
-        from .cluster import CATALOG  # the GPU catalog (name -> GPUType), when present
+        from .cluster import CATALOG  # the GPU catalog (name -> GPUType)
     except ImportError:
         return None
     cards = sorted((g for g in CATALOG.values() if g.memory_bytes > cluster.gpu.memory_bytes),
-                   key=lambda g: g.memory_bytes)
+                   key=lambda g: (g.memory_bytes, -g.bf16_tflops))
     for gpu in cards:
         bigger = dataclasses.replace(cluster, gpu=gpu)
         if _fits(model, bigger, training, headroom):
             return bigger
-    return None
+    return smallest_cluster(model, dataclasses.replace(cluster, gpu=cards[-1]), training, headroom) if cards else None
 
 
 def nothing_fits(model: ModelSpec, cluster: Cluster, result: SearchResult, headroom: float, c: dict) -> NothingFits:
@@ -112,5 +113,6 @@ def nothing_fits(model: ModelSpec, cluster: Cluster, result: SearchResult, headr
     if bigger:
         ideas.append(f"a card with more memory fits (--cluster {bigger.spec})")
     if not ideas:
-        ideas.append("shorten --seq or use a smaller model")
+        ideas.append(f"no count of these or larger cards holds one micro-batch of {training.seq_len} tokens: "
+                     "shorten --seq, or use a smaller model")
     return NothingFits(message, "; or ".join(ideas))

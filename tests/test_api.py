@@ -74,6 +74,6 @@ def test_compare_names_each_method_once():
 def test_nothing_fits_carries_a_suggestion():
     huge = ModelSpec("huge", "llama", 96, 16384, 128, 8, 53248, 128256, 8192, False)
     with pytest.raises(NothingFits) as err:
-        plan(huge, Cluster(1, 1, CARD), Training(4096, 8))
+        plan(huge, Cluster(1, 1, CARD), Training(4096, 8), offload="none")
     assert err.value.suggestion
     assert "--cluster" in err.value.suggestion
