@@ -1,7 +1,9 @@
-"""GPU catalog and Cluster: what the job runs on."""
+"""GPU catalog and Cluster: what the job runs on, from a --cluster string ("4x8xH100-80GB") or "auto"."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import difflib
+import re
+from dataclasses import dataclass, replace
 
 GB = 10**9
 GiB = 2**30
@@ -20,6 +22,15 @@ class GPUType:
     nvlink_gbps: float          # per-GPU intra-node bus bandwidth (nccl-tests busbw convention), GB/s
     # Achieved fraction of bf16 peak for large GEMMs (matmul ceiling); measured where we could.
     matmul_efficiency: float = 0.8
+    bf16_native: bool = True    # False: no bf16 tensor cores (V100, T4); bf16_tflops is then what emulation gets
+
+    def __post_init__(self) -> None:
+        for f in ("memory_bytes", "bf16_tflops", "fp16_tflops", "fp32_tflops", "hbm_gbps", "nvlink_gbps"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+                raise ValueError(f"GPU {self.name}: {f}({v!r}) must be a positive number")
+        if not 0 < self.matmul_efficiency <= 1:
+            raise ValueError(f"GPU {self.name}: matmul_efficiency({self.matmul_efficiency!r}) must be in (0, 1]")
 
     def peak_tflops(self, precision: str) -> float:
         return {"bf16": self.bf16_tflops, "fp16": self.fp16_tflops, "fp32": self.fp32_tflops}[precision]
@@ -58,3 +69,132 @@ class Cluster:
                 "world_size": self.world_size, "gpu_memory_bytes": self.gpu.memory_bytes,
                 "intra_node_gbps": self.gpu.nvlink_gbps, "inter_node_gbps": self.inter_node_gbps,
                 "hosts": list(self.hosts), "source": self.source}
+
+
+def _card(name: str, gib: float, bf16: float, fp16: float, fp32: float, hbm: float, link: float, **kw) -> GPUType:
+    return GPUType(name, int(gib * GiB), bf16, fp16, fp32, hbm, link, **kw)
+
+
+# Memory: torch.cuda.get_device_properties().total_memory, read from PyTorch's out-of-memory messages
+# ("GPU 0 has a total capacity of 79.11 GiB"); it is a little under nvidia-smi's memory.total. AMD: per
+# device torch sees (an MI250X is two such GCDs). Peaks: dense tensor-core TFLOP/s (no sparsity), fp32
+# without tensor cores. Links: per-GPU unidirectional bandwidth, the ceiling of nccl-tests' busbw
+# (NVLink4 "900 GB/s" is 450 each way); PCIe cards get their PCIe figure (Gen4 x16 32, Gen5 64).
+# H100/H200: 800 of 989 TFLOP/s bf16 measured for an 8192^3 matmul on an H200 (../shared/calibration).
+_CARDS = (
+    # NVIDIA H100 SXM5 datasheet: 989 bf16/fp16, 67 fp32, HBM3 3.35 TB/s, NVLink4 900 GB/s bidirectional.
+    _card("H100-80GB", 79.11, 989.0, 989.0, 67.0, 3350.0, 450.0, matmul_efficiency=0.81),
+    # NVIDIA H100 PCIe datasheet: 756 bf16/fp16, 51 fp32, HBM2e 2.0 TB/s, PCIe Gen5 x16.
+    _card("H100-PCIe", 79.11, 756.0, 756.0, 51.0, 2000.0, 64.0, matmul_efficiency=0.81),
+    # NVIDIA H200 SXM datasheet: H100 compute, 141 GB HBM3e 4.8 TB/s, NVLink4.
+    _card("H200", 139.81, 989.0, 989.0, 67.0, 4800.0, 450.0, matmul_efficiency=0.81),
+    # NVIDIA GH200 datasheet (96 GB HBM3 version): H100 compute, 4.0 TB/s, NVLink4. Memory estimated.
+    _card("GH200", 95.0, 989.0, 989.0, 67.0, 4000.0, 450.0, matmul_efficiency=0.81),
+    # NVIDIA A100 datasheet: 312 bf16/fp16, 19.5 fp32; SXM 80 GB HBM2e 2039 GB/s, 40 GB 1555 GB/s; NVLink3 600 bidir.
+    _card("A100-80GB", 79.15, 312.0, 312.0, 19.5, 2039.0, 300.0),
+    _card("A100-40GB", 39.59, 312.0, 312.0, 19.5, 1555.0, 300.0),
+    # NVIDIA V100 SXM2 datasheet: 125 fp16 tensor, 15.7 fp32, HBM2 900 GB/s, NVLink2 300 GB/s bidir; no bf16.
+    _card("V100-32GB", 31.75, 15.7, 125.0, 15.7, 900.0, 150.0, bf16_native=False),
+    _card("V100-16GB", 15.78, 15.7, 125.0, 15.7, 900.0, 150.0, bf16_native=False),
+    # NVIDIA T4 datasheet: 65 fp16 tensor, 8.1 fp32, GDDR6 320 GB/s, PCIe Gen3 x16; no bf16.
+    _card("T4", 14.75, 8.1, 65.0, 8.1, 320.0, 16.0, bf16_native=False),
+    # NVIDIA L4 datasheet: 121 bf16/fp16 dense (242 sparse), 30.3 fp32, GDDR6 300 GB/s, PCIe Gen4.
+    _card("L4", 22.05, 121.0, 121.0, 30.3, 300.0, 32.0),
+    # NVIDIA L40S datasheet: 362 bf16/fp16 dense (733 sparse), 91.6 fp32, GDDR6 864 GB/s, PCIe Gen4.
+    _card("L40S", 44.4, 362.0, 362.0, 91.6, 864.0, 32.0),
+    # NVIDIA A10 datasheet (AWS A10G is a lower-clocked A10; nominal): 125 bf16/fp16, 31.2 fp32, 600 GB/s, PCIe Gen4.
+    _card("A10G", 22.19, 125.0, 125.0, 31.2, 600.0, 32.0),
+    # NVIDIA Ada whitepaper, RTX 4090: 165 bf16/fp16 with fp32 accumulate, 82.6 fp32, 1008 GB/s, PCIe Gen4, no P2P.
+    _card("RTX-4090", 23.65, 165.2, 165.2, 82.6, 1008.0, 32.0),
+    # AMD MI250X datasheet, per GCD (half the OAM): 191.5 bf16/fp16, 23.9 fp32 vector, 1.6 TB/s, Infinity Fabric.
+    _card("MI250X", 63.98, 191.5, 191.5, 23.9, 1600.0, 100.0),
+    # AMD MI300X datasheet: 1307 bf16/fp16 dense, 163.4 fp32, HBM3 5.3 TB/s, Infinity Fabric 896 GB/s bidir.
+    _card("MI300X", 191.98, 1307.4, 1307.4, 163.4, 5300.0, 448.0),
+    # CPU processes (gloo) for runs without a GPU: nominal figures, a few GB and ~0.2 TFLOP/s per process.
+    _card("CPU", 4.0, 0.2, 0.2, 0.2, 20.0, 5.0, matmul_efficiency=1.0),
+)
+CATALOG: dict[str, GPUType] = {g.name: g for g in _CARDS}
+
+# Other spellings, compared after _key(): upper case, "_" and " " as "-".
+ALIASES: dict[str, str] = {
+    "H100": "H100-80GB", "H100-SXM": "H100-80GB", "H100-SXM5": "H100-80GB", "H100-SXM-80GB": "H100-80GB",
+    "H100-80GB-HBM3": "H100-80GB", "H100-PCIE-80GB": "H100-PCIe", "H200-141GB": "H200", "H200-SXM": "H200",
+    "GH200-96GB": "GH200", "A100": "A100-80GB", "A100-SXM": "A100-80GB", "A100-SXM4-80GB": "A100-80GB",
+    "A100-80G": "A100-80GB", "A100-40G": "A100-40GB", "A100-SXM4-40GB": "A100-40GB", "V100": "V100-32GB",
+    "V100-32G": "V100-32GB", "V100-16G": "V100-16GB", "A10": "A10G", "4090": "RTX-4090", "RTX4090": "RTX-4090",
+    "MI250": "MI250X", "MI300": "MI300X",
+}
+_BY_KEY = {**{k.upper(): v for k, v in ALIASES.items()}, **{k.upper(): k for k in CATALOG}}
+
+
+def _key(name: str) -> str:
+    return re.sub(r"[\s_]+", "-", name.strip()).upper()
+
+
+def find_gpu(name: str) -> GPUType | None:
+    canonical = _BY_KEY.get(_key(name))
+    return CATALOG[canonical] if canonical else None
+
+
+def get_gpu(name: str) -> GPUType:
+    """The catalog card called `name` (case-insensitive, aliases such as "H100" or "A100"), or a ValueError."""
+    gpu = find_gpu(name)
+    if gpu is None:
+        close = difflib.get_close_matches(_key(name), list(_BY_KEY), n=4, cutoff=0.5)
+        hint = f"did you mean {', '.join(dict.fromkeys(_BY_KEY[c] for c in close))}? " if close else ""
+        raise ValueError(f"unknown GPU type {name!r}: {hint}known: {', '.join(CATALOG)} "
+                         "(or pick the nearest and set --gpu-memory/--intra-node-bw)")
+    return gpu
+
+
+_SPEC = re.compile(r"^(?:(\d+)[xX])?(\d+)[xX](\S+)$")
+SPEC_FORM = "[NODESx]GPUSxTYPE, e.g. 1xH200, 8xA100-40GB, 4x8xH100-80GB, or auto"
+_OVERRIDES = ("gpu_memory", "intra_node_bw", "inter_node_bw")
+
+
+def parse_cluster(spec: str, **overrides) -> Cluster:
+    """A Cluster from "[NODESx]GPUSxTYPE"; overrides gpu_memory (GB), intra_node_bw and inter_node_bw (GB/s)."""
+    m = _SPEC.match(spec.strip()) if isinstance(spec, str) else None
+    if m is None:
+        raise ValueError(f"--cluster {spec!r} is not of the form {SPEC_FORM}")
+    nodes, per_node, gpu_name = int(m.group(1) or 1), int(m.group(2)), m.group(3)
+    if nodes < 1 or per_node < 1:
+        raise ValueError(f"--cluster {spec!r}: node and GPU counts must be at least 1 ({SPEC_FORM})")
+    gpu = find_gpu(gpu_name)
+    if gpu is None:
+        if re.fullmatch(r"\d+[xX]?", gpu_name):  # "4x8x": a count where the type should be
+            raise ValueError(f"--cluster {spec!r} has no GPU type: use the form {SPEC_FORM}")
+        try:
+            get_gpu(gpu_name)
+        except ValueError as e:
+            raise ValueError(f"--cluster {spec!r}: {e}") from None
+    return apply_cluster_overrides(Cluster(nodes, per_node, gpu), **overrides)
+
+
+def apply_cluster_overrides(cluster: Cluster, **overrides) -> Cluster:
+    """cluster with --gpu-memory (GB), --intra-node-bw, --inter-node-bw (GB/s) applied; None means unset."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    unknown = sorted(set(given) - set(_OVERRIDES))
+    if unknown:
+        raise ValueError(f"unknown cluster override(s) {', '.join(unknown)}: use {', '.join(_OVERRIDES)}")
+    for k, v in given.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            raise ValueError(f"--{k.replace('_', '-')}({v!r}) must be a positive number")
+    gpu = cluster.gpu
+    if "gpu_memory" in given:
+        gpu = replace(gpu, memory_bytes=int(given["gpu_memory"] * GB))
+    if "intra_node_bw" in given:
+        gpu = replace(gpu, nvlink_gbps=float(given["intra_node_bw"]))
+    cluster = replace(cluster, gpu=gpu)
+    if "inter_node_bw" in given:
+        cluster = replace(cluster, inter_node_gbps=float(given["inter_node_bw"]))
+    return cluster
+
+
+def get_cluster(spec: str, **overrides) -> Cluster:
+    """parse_cluster(spec), or the detected inventory for "auto" (SLURM, hostfile, nvidia-smi, CPU)."""
+    if isinstance(spec, str) and spec.strip().lower() == "auto":
+        from .detect import detect_cluster
+
+        return apply_cluster_overrides(detect_cluster(), **overrides)
+    return parse_cluster(spec, **overrides)

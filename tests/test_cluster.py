@@ -1,0 +1,114 @@
+"""GPU catalog, --cluster strings and their overrides."""
+import json
+import shutil
+
+import pytest
+
+from shardplan.planner.cluster import (CATALOG, GB, GiB, Cluster, apply_cluster_overrides, find_gpu, get_cluster,
+                                       get_gpu, parse_cluster)
+
+REQUIRED = ("H100-80GB", "H100-PCIe", "H200", "A100-80GB", "A100-40GB", "V100-32GB", "V100-16GB", "L4", "L40S",
+            "A10G", "RTX-4090", "MI250X", "MI300X", "GH200", "CPU")
+
+
+def test_catalog_has_the_common_cards():
+    assert set(REQUIRED) <= set(CATALOG)
+    for name, gpu in CATALOG.items():
+        assert gpu.name == name
+        assert gpu.peak_tflops("fp32") <= gpu.peak_tflops("fp16")
+        assert 0 < gpu.matmul_efficiency <= 1
+
+
+def test_h100_h200_figures():
+    h100, h200 = CATALOG["H100-80GB"], CATALOG["H200"]
+    assert h100.bf16_tflops == h200.bf16_tflops == 989.0
+    # the measured matmul ceiling on the H200: 800 of 989 TFLOP/s (DESIGN.md, calibration)
+    assert h200.matmul_efficiency == h100.matmul_efficiency == pytest.approx(800 / 989, abs=0.005)
+    assert 79 * GiB < h100.memory_bytes < 81559 * 2**20  # under nvidia-smi's memory.total, as torch reports
+    assert 139 * GiB < h200.memory_bytes < 143771 * 2**20
+    assert h200.hbm_gbps > h100.hbm_gbps and h100.nvlink_gbps > CATALOG["H100-PCIe"].nvlink_gbps
+
+
+def test_v100_has_no_native_bf16():
+    assert not CATALOG["V100-32GB"].bf16_native and CATALOG["A100-80GB"].bf16_native
+
+
+@pytest.mark.parametrize("alias,name", [("H100", "H100-80GB"), ("h100", "H100-80GB"), ("A100", "A100-80GB"),
+                                        ("a100-40gb", "A100-40GB"), ("h100_sxm", "H100-80GB"), ("V100", "V100-32GB"),
+                                        ("rtx 4090", "RTX-4090"), ("mi300x", "MI300X"), ("cpu", "CPU")])
+def test_aliases_are_case_insensitive(alias, name):
+    assert find_gpu(alias) is CATALOG[name]
+
+
+@pytest.mark.parametrize("spec,nodes,per_node,gpu", [("1xH200", 1, 1, "H200"), ("8xA100-40GB", 1, 8, "A100-40GB"),
+                                                     ("4x8xH100-80GB", 4, 8, "H100-80GB"),
+                                                     ("2x8xh100", 2, 8, "H100-80GB"), (" 16xMI300X ", 1, 16, "MI300X")])
+def test_parse_cluster(spec, nodes, per_node, gpu):
+    c = parse_cluster(spec)
+    assert (c.nodes, c.gpus_per_node, c.gpu.name, c.world_size, c.source) == (nodes, per_node, gpu, nodes * per_node,
+                                                                            "flag")
+
+
+@pytest.mark.parametrize("name", list(CATALOG))
+def test_spec_round_trips(name):
+    c = parse_cluster(f"3x4x{name}")
+    assert parse_cluster(c.spec) == c
+    assert parse_cluster(f"1x{name}").spec == f"1x{name}"
+
+
+def test_overrides():
+    c = parse_cluster("2x8xA100-40GB", gpu_memory=32, intra_node_bw=200, inter_node_bw=25.5)
+    assert c.gpu.memory_bytes == 32 * GB and c.gpu.nvlink_gbps == 200.0 and c.inter_node_gbps == 25.5
+    assert c.to_dict()["gpu_memory_bytes"] == 32 * GB and c.to_dict()["intra_node_gbps"] == 200.0
+    assert CATALOG["A100-40GB"].memory_bytes != 32 * GB  # the catalog is untouched
+    assert parse_cluster("8xH200", gpu_memory=None, inter_node_bw=None) == parse_cluster("8xH200")
+    assert get_cluster("8xH200", gpu_memory=100).gpu.memory_bytes == 100 * GB
+
+
+@pytest.mark.parametrize("overrides,expect", [({"gpu_memory": 0}, "--gpu-memory(0) must be a positive number"),
+                                              ({"inter_node_bw": -1}, "--inter-node-bw(-1)"),
+                                              ({"intra_node_bw": "fast"}, "--intra-node-bw('fast')"),
+                                              ({"memory": 80}, "unknown cluster override(s) memory")])
+def test_bad_overrides(overrides, expect):
+    with pytest.raises(ValueError) as e:
+        apply_cluster_overrides(parse_cluster("8xH100"), **overrides)
+    assert expect in str(e.value)
+
+
+@pytest.mark.parametrize("spec", ["H100", "8H100", "x8xH100", "8x", "4x8x", "8 x H100", "", "8xH100 extra", "-1xH100",
+                                  "0xH100", "2x0xH100"])
+def test_malformed_cluster_strings_name_the_form(spec):
+    with pytest.raises(ValueError) as e:
+        parse_cluster(spec)
+    msg = str(e.value)
+    assert repr(spec) in msg and "[NODESx]GPUSxTYPE" in msg and "4x8xH100-80GB" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("spec,close", [("8xH1000", "H100-80GB"), ("8xA100-30GB", "A100-40GB"),
+                                        ("2xMI350X", "MI300X"), ("1xL40", "L40S")])
+def test_unknown_gpu_type_suggests_close_names(spec, close):
+    with pytest.raises(ValueError) as e:
+        parse_cluster(spec)
+    msg = str(e.value)
+    assert "unknown GPU type" in msg and repr(spec) in msg and close in msg and "--gpu-memory" in msg
+
+
+def test_get_gpu_error_lists_the_catalog():
+    with pytest.raises(ValueError, match="known: H100-80GB, H100-PCIe"):
+        get_gpu("TPUv5")
+
+
+def test_cluster_validates_and_serialises():
+    with pytest.raises(ValueError, match=r"lists 1 hosts for nodes\(2\)"):
+        Cluster(2, 8, CATALOG["H100-80GB"], hosts=("a",))
+    d = json.loads(json.dumps(parse_cluster("4x8xH100-80GB").to_dict()))
+    assert (d["nodes"], d["gpus_per_node"], d["gpu"], d["world_size"]) == (4, 8, "H100-80GB", 32)
+
+
+def test_get_cluster_auto(monkeypatch):
+    for var in ("SLURM_JOB_ID", "SLURM_JOBID", "DLTS_HOSTFILE"):
+        monkeypatch.delenv(var, raising=False)
+    c = get_cluster("auto", inter_node_bw=10)
+    assert c.inter_node_gbps == 10.0
+    if shutil.which("nvidia-smi") is None:
+        assert c.source == "cpu" and c.gpu.name == "CPU" and c.nodes == 1 and c.gpus_per_node in (1, 2)
