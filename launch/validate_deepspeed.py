@@ -95,7 +95,8 @@ def _problems_from(exc: BaseException, config: dict[str, Any], version: str) -> 
         for err in exc.errors():
             loc = tuple(x for x in err.get("loc", ()) if x != "__root__")
             parts = section + loc
-            value = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
+            shown = repr(err.get("input"))
+            value = f" (got {shown})" if "input" in err and len(shown) <= 60 else ""
             out.append((Problem(_path(parts), f"DeepSpeed {version} refuses it: {err.get('msg', 'invalid')}{value}",
                                 "follow DeepSpeed's message; its config classes are in deepspeed/runtime/*config.py",
                                 source="deepspeed"), parts))

@@ -211,7 +211,7 @@ def tensor_parallel_rules(config: dict[str, Any], topo: Topology) -> list[Proble
     if not autotp or autotp < 2:
         return out
     if topo.heads is not None and topo.heads % autotp:
-        divisors = [d for d in range(1, topo.heads + 1) if topo.heads % d == 0 and d <= 64]
+        divisors = [d for d in range(1, min(topo.heads, 64) + 1) if topo.heads % d == 0]
         out.append(Problem("$.tensor_parallel.autotp_size", f"tensor_parallel.autotp_size {autotp} does not divide "
                            f"the model's {topo.heads} attention heads", "use a divisor of the head count: "
                            + ", ".join(map(str, divisors))))

@@ -107,6 +107,9 @@ def _problem(error, root_schema: dict[str, Any]) -> list[Problem]:
             expected = expected or f"a string matching {error.schema['pattern']}"
         return [Problem(path, f"{value} is not accepted here: must be {expected}", f"use {expected}",
                         source="schema")]
+    if v == "not":
+        return [Problem(path, f"{value} is not accepted here: {error.schema.get('description', 'no value is')}",
+                        "remove the key", source="schema")]
     return [Problem(path, f"{value}: {error.message}", f"use {_expected(error.schema)}", source="schema")]
 
 
