@@ -69,7 +69,8 @@ def plan(top, tp, pp, zero, micro_batch, checkpointing, offload, **opts):
     The search: dp·tp·pp uses every GPU; tp divides the GPUs of a node and the (kv) heads; pp divides
     the layers; ZeRO 0-3 (0-1 with pp>1); micro-batch divides the per-replica batch; checkpointing
     none/full; CPU offload only when nothing fits without it. A layout fits when its peak memory is at
-    most capacity·(1-headroom). Default global batch: world·2^k sequences, the smallest with >= 0.5M tokens.
+    most capacity·(1-headroom). Default global batch: world·2^k sequences, the smallest with >= 0.5M tokens
+    (8 sequences per process on CPU processes).
     Exit code 2 when nothing fits, with what would (more GPUs, offload, a larger card).
     """
     from shardplan.planner.search import plan as search_plan

@@ -92,9 +92,24 @@ def _extra(dim: str, best: Estimate, alt: Option | None, cluster: Cluster) -> st
             if ratio > 0:
                 extra += f" and avoids {ratio:.0%} recompute"
         return extra
+    if dim == "offload" and layout.offload != "none":
+        return _host_memory(best, cluster)
     if dim == "checkpointing" and alt and alt.layout.micro_batch != layout.micro_batch:
         return f"allows micro-batch {layout.micro_batch} instead of {alt.layout.micro_batch}"
     return ""
+
+
+def _host_memory(best: Estimate, cluster: Cluster) -> str:
+    """What moves to the host: the on-GPU states of the same layout without offload, times the GPUs of a node."""
+    import dataclasses
+
+    from .memory import estimate_memory
+
+    on_gpu = estimate_memory(best.model, cluster, dataclasses.replace(best.layout, offload="none"), best.training)
+    moved = on_gpu.optimizer_bytes - best.memory.optimizer_bytes
+    if best.layout.offload == "optimizer+params":
+        moved += on_gpu.params_bytes - best.memory.params_bytes
+    return f"the host needs about {max(moved, 0) * cluster.gpus_per_node / GB:,.0f} GB of CPU memory per node for them"
 
 
 def _micro_batch_line(best: Estimate, options: list[Option], usable: float, headroom: float) -> str | None:

@@ -19,6 +19,10 @@ def gb(n: float) -> str:
     return f"{n / GB:.1f} GB"
 
 
+def count(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
+
+
 def layout_line(e: Estimate) -> str:
     l = e.layout
     return (f"dp={l.dp} tp={l.tp} pp={l.pp} ZeRO-{int(l.zero_stage)} micro-batch={l.micro_batch} "
@@ -53,7 +57,7 @@ def memory_table(e: Estimate) -> Table:
 
 
 def estimate_summary(e: Estimate, console: Console, title: str = "Layout") -> None:
-    console.print(f"[bold]{title}[/bold] for {e.model.name} ({e.model.params / 1e9:.2f}B params) on "
+    console.print(f"[bold]{title}[/bold] for {e.model.name} ({count(e.model.params)} params) on "
                   f"{e.cluster.spec} ({e.cluster.world_size} GPUs), seq {e.training.seq_len}, "
                   f"global batch {e.layout.global_batch}, {e.training.precision}")
     console.print("  " + layout_line(e), style="bold cyan", highlight=False)

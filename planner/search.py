@@ -55,11 +55,17 @@ def divisors(n: int) -> list[int]:
     return sorted(set(small + [n // d for d in small]))
 
 
-def default_global_batch(world: int, seq_len: int) -> int:
-    """Sequences per step when the user gives none: world · 2^k, the smallest reaching 0.5M tokens.
+CPU_SEQUENCES_PER_PROCESS = 8  # CPU processes (the demo): a step of seconds, not of minutes
+
+
+def default_global_batch(world: int, seq_len: int, on_cpu: bool = False) -> int:
+    """Sequences per step when the user gives none: world · 2^k, the smallest reaching 0.5M tokens
+    (8 per process on CPU processes).
 
     A multiple of the world keeps every data-parallel degree whole; powers of two leave micro-batch choices.
     """
+    if on_cpu:
+        return world * CPU_SEQUENCES_PER_PROCESS
     batch = world
     while batch * seq_len < DEFAULT_BATCH_TOKENS:
         batch *= 2
@@ -209,7 +215,8 @@ def family_key(layout: Layout) -> tuple:
 def resolve_training(model: ModelSpec, cluster: Cluster, training: Training) -> Training:
     if training.global_batch:
         return training
-    return dataclasses.replace(training, global_batch=default_global_batch(cluster.world_size, training.seq_len))
+    return dataclasses.replace(training, global_batch=default_global_batch(
+        cluster.world_size, training.seq_len, on_cpu=cluster.gpu.name == "CPU"))
 
 
 def check_constraints(constraints: dict) -> dict:

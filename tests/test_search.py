@@ -96,6 +96,7 @@ def test_default_global_batch_is_a_multiple_of_the_world_reaching_half_a_million
     assert default_global_batch(8, 4096) == 128
     assert default_global_batch(3072, 2048) == 3072
     assert default_global_batch(6, 2048) == 384
+    assert default_global_batch(2, 128, on_cpu=True) == 16
     result = plan(get_model("gpt2"), cluster(1, 1), Training(1024))
     assert result.best.layout.global_batch == 512
     assert result.best.to_dict()["training"]["global_batch"] == 512
