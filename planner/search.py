@@ -130,10 +130,26 @@ class SearchResult:
     usable: float
 
 
+def tp_degrees(model: ModelSpec, cluster: Cluster) -> list[int]:
+    return [t for t in divisors(cluster.gpus_per_node) if model.n_heads % t == 0 and model.n_kv_heads % t == 0]
+
+
+def check_fixed(model: ModelSpec, cluster: Cluster, c: dict) -> None:
+    """A fixed tp or pp that no layout can have: say which values can."""
+    if c.get("tp") is not None and c["tp"] not in tp_degrees(model, cluster):
+        raise ValueError(f"tp({c['tp']}) must divide the {cluster.gpus_per_node} GPUs of a node, n_heads"
+                         f"({model.n_heads}) and n_kv_heads({model.n_kv_heads}); use --tp in {tp_degrees(model, cluster)}")
+    if c.get("pp") is not None:
+        pps = [p for p in divisors(model.n_layers) if cluster.world_size % p == 0]
+        if c["pp"] not in pps:
+            raise ValueError(f"pp({c['pp']}) must divide n_layers({model.n_layers}) and the {cluster.world_size} "
+                             f"GPUs; use --pp in {pps}")
+
+
 def families(model: ModelSpec, cluster: Cluster, c: dict, offload: bool):
     """(tp, pp, dp, zero, checkpointing, offload) tuples allowed by the rules and the constraints."""
     world = cluster.world_size
-    tps = [t for t in divisors(cluster.gpus_per_node) if model.n_heads % t == 0 and model.n_kv_heads % t == 0]
+    tps = tp_degrees(model, cluster)
     ckpts = (c["checkpointing"],) if c.get("checkpointing") else SEARCHED_CHECKPOINTING
     for tp in tps if c.get("tp") is None else [c["tp"]]:
         for pp in divisors(model.n_layers) if c.get("pp") is None else [c["pp"]]:
@@ -252,6 +268,7 @@ def plan(model: ModelSpec, cluster: Cluster, training: Training, headroom: float
     max_micro_batch caps micro-batches; top (default 5) is how many runners-up to return.
     """
     c = check_constraints(constraints)
+    check_fixed(model, cluster, c)
     result = run_search(model, cluster, training, headroom, c)
     if not result.fits:
         from .suggest import nothing_fits

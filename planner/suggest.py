@@ -91,9 +91,10 @@ def nothing_fits(model: ModelSpec, cluster: Cluster, result: SearchResult, headr
     usable = result.usable
     if not result.misses:
         dps = sorted({cluster.world_size // (t * p) for t, p, *_ in families(model, cluster, c, False)})
+        fixed = f" and micro-batch {c['micro_batch']}" if c.get("micro_batch") else ""
         return NothingFits(
-            f"global batch {training.global_batch} is not a multiple of any data-parallel degree "
-            f"this cluster allows ({', '.join(map(str, dps[:6]))})",
+            f"global batch {training.global_batch} is not a multiple of any data-parallel degree{fixed} "
+            f"this cluster allows (dp in {', '.join(map(str, dps[:6]))})",
             f"use a multiple of {dps[0]}, e.g. --global-batch {dps[0] * -(-training.global_batch // dps[0])}"
             if dps else "relax --tp/--pp")
     peak, layout = min(((m.peak_bytes, l) for l, m in result.misses), key=lambda x: x[0])

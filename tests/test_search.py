@@ -155,3 +155,10 @@ def test_a_zero_stage_that_does_not_fit_is_named_with_its_memory():
     assert int(result.best.layout.zero_stage) >= 1
     zero_line = next(r for r in result.reasons if r.startswith(f"ZeRO-{int(result.best.layout.zero_stage)} over"))
     assert "GB" in zero_line
+
+
+@pytest.mark.parametrize("fixed, fragment", [(dict(tp=3), "use --tp in [1, 2, 4, 8]"), (dict(pp=5), "pp(5) must divide")])
+def test_a_fixed_degree_no_layout_can_have_is_named(fixed, fragment):
+    with pytest.raises(ValueError) as err:
+        plan(get_model("llama-3-8b"), cluster(1, 8), Training(2048, 64), **fixed)
+    assert fragment in str(err.value)
