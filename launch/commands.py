@@ -173,15 +173,16 @@ def _torchrun_argv(run: RunSpec, nnodes: str, node_rank: str, master_addr: str, 
             "-m", TRAIN_MODULE) + train_args(run)
 
 
-def torchrun_command(run: RunSpec, *, node_rank: int | str = 0) -> Command:
+def torchrun_command(run: RunSpec, *, node_rank: int | str = 0, master_addr: str | None = None) -> Command:
     """torchrun on one node of the job (static rendezvous at master_addr:master_port).
 
-    node_rank is this node's index; pass ShellVar("NODE_RANK") to let the shell supply it.
+    node_rank is this node's index; pass ShellVar("NODE_RANK") to let the shell supply it (likewise
+    master_addr=ShellVar("MASTER_ADDR")); master_addr defaults to the run's.
     """
     if isinstance(node_rank, int) and not 0 <= node_rank < run.nodes:
         raise ValueError(f"node_rank({node_rank}) must be in 0..{run.nodes - 1}")
     rank = node_rank if isinstance(node_rank, ShellVar) else str(node_rank)
-    argv = _torchrun_argv(run, str(run.nodes), rank, run.master_addr, str(run.master_port))
+    argv = _torchrun_argv(run, str(run.nodes), rank, master_addr or run.master_addr, str(run.master_port))
     return Command(argv, base_env(run))
 
 

@@ -1,0 +1,132 @@
+"""The typed context ds_config.json.j2 renders from: every DeepSpeed setting derived from one Estimate.
+
+Kept apart from the template so that each number has its reason next to it; the template only lays
+the JSON out. Nothing here imports DeepSpeed or torch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shardplan.planner.estimate import Estimate
+
+# DeepSpeed's defaults for reduce_bucket_size / allgather_bucket_size (deepspeed/runtime/zero/config.py).
+DEEPSPEED_DEFAULT_BUCKET = 500_000_000
+
+# shardplan's GPT-2 (launch/train/model.py): nn.Linear weights [out, in]; fused [q; k; v] in attn.c_attn.
+# DeepSpeed AutoTP partition_config format: deepspeed/module_inject/autotp_config.py (TPLayerSpec).
+GPT2_TP_LAYER_SPECS: tuple[dict, ...] = (
+    {"patterns": [r".*\.attn\.c_attn\.weight$"], "partition_type": "column", "shape": [3, -1], "partition_dim": 0},
+    {"patterns": [r".*\.attn\.c_proj\.weight$"], "partition_type": "row"},
+    {"patterns": [r".*\.mlp\.c_fc\.weight$"], "partition_type": "column"},
+    {"patterns": [r".*\.mlp\.c_proj\.weight$"], "partition_type": "row"},
+)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Optimizer and LR schedule settings the user chooses at render time."""
+
+    steps: int = 1000            # optimizer steps: the scheduler's total_num_steps
+    lr: float = 6e-4             # peak LR (GPT-2 small in nanoGPT / Megatron GPT-345M)
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    gradient_clipping: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"steps({self.steps!r}) must be a positive integer")
+        if not self.lr > 0:
+            raise ValueError(f"lr({self.lr!r}) must be positive, e.g. 6e-4")
+
+    @property
+    def warmup_steps(self) -> int:
+        # 10% of the run, at most 2000 steps; WarmupCosineLR uses at least 2 (deepspeed/runtime/lr_schedules.py).
+        return max(2, min(2000, self.steps // 10))
+
+    @property
+    def steps_per_print(self) -> int:
+        return max(1, min(100, self.steps // 10))
+
+
+@dataclass(frozen=True)
+class DsConfigContext:
+    """Everything ds_config.json.j2 prints. Batch sizes satisfy train = micro × grad_accum × dp."""
+
+    train_batch_size: int
+    micro_batch: int
+    grad_accum: int
+    precision: str                       # bf16 | fp16 | fp32
+    zero_stage: int
+    overlap_comm: bool
+    reduce_bucket_size: int
+    allgather_bucket_size: int
+    stage3_prefetch_bucket_size: int
+    stage3_param_persistence_threshold: int
+    stage3_max_live_parameters: int
+    offload_optimizer: bool
+    offload_param: bool
+    pin_memory: bool
+    torch_adam: bool                     # torch.optim.AdamW; False = DeepSpeedCPUAdam for optimizer offload
+    tp: int
+    tp_preset: str                       # "" (shardplan's GPT-2 specs) or a DeepSpeed preset name ("llama")
+    tp_layer_specs: tuple[dict, ...]
+    pp: int
+    checkpointing: str                   # none | full | selective
+    schedule: Schedule
+
+    def __post_init__(self) -> None:
+        if self.train_batch_size % (self.micro_batch * self.grad_accum):
+            raise ValueError(f"train_batch_size({self.train_batch_size}) is not micro_batch({self.micro_batch}) "
+                             f"× grad_accum({self.grad_accum}) × dp")
+
+    @property
+    def pipeline_checkpoint_interval(self) -> int:
+        # PipelineModule checkpoints every N layers when N > 0 (deepspeed/runtime/pipe/engine.py).
+        return 1 if self.checkpointing == "full" else 0
+
+
+def bucket_size(hidden: int) -> int:
+    """Elements per ZeRO-1/2 reduce / all-gather bucket: about 2.7 layers of weights (32·h², a layer is ~12·h²),
+    capped at DeepSpeed's default 5e8 — big enough to overlap, small enough that the buckets (two in flight
+    with overlap_comm) do not dwarf a small model."""
+    return min(DEEPSPEED_DEFAULT_BUCKET, 32 * hidden * hidden)
+
+
+def ds_config_context(est: Estimate, schedule: Schedule) -> DsConfigContext:
+    layout, model = est.layout, est.model
+    h = model.hidden
+    zero = int(layout.zero_stage)
+    cpu = est.cluster.gpu.name.upper() == "CPU"
+    if zero == 3:
+        # The Hugging Face integration's "auto" rules (transformers/integrations/deepspeed.py):
+        # reduce_bucket_size h², stage3_prefetch_bucket_size 0.9·h², stage3_param_persistence_threshold 10·h.
+        reduce_bucket = h * h
+    else:
+        reduce_bucket = bucket_size(h)
+    return DsConfigContext(
+        train_batch_size=layout.global_batch,
+        micro_batch=layout.micro_batch,
+        grad_accum=layout.grad_accum,
+        precision=est.training.precision,
+        zero_stage=zero,
+        # Overlap needs a second stream; the CPU accelerator has none, so it only costs buffer memory there.
+        overlap_comm=zero >= 1 and not cpu,
+        reduce_bucket_size=reduce_bucket,
+        allgather_bucket_size=bucket_size(h),
+        stage3_prefetch_bucket_size=int(0.9 * h * h),
+        stage3_param_persistence_threshold=10 * h,
+        stage3_max_live_parameters=1_000_000_000,  # DeepSpeed's default; lower it if gathers spike memory
+        offload_optimizer=layout.offload in ("optimizer", "optimizer+params"),
+        offload_param=layout.offload == "optimizer+params",
+        pin_memory=not cpu,  # pinned host memory speeds PCIe copies; there is no device to copy to on CPU
+        # torch's AdamW (what the memory model and the calibration assume), except for optimizer offload to a
+        # GPU's host: DeepSpeedCPUAdam (JIT-built C++ op) is several times faster there (ZeRO-Offload, §5).
+        torch_adam=not (layout.offload != "none" and not cpu),
+        tp=layout.tp,
+        tp_preset="llama" if model.arch == "llama" else "",
+        tp_layer_specs=GPT2_TP_LAYER_SPECS if model.arch == "gpt2" else (),
+        pp=layout.pp,
+        checkpointing=layout.checkpointing,
+        schedule=schedule,
+    )
