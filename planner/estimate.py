@@ -16,6 +16,12 @@ class Training:
     global_batch: int = 0          # sequences per optimizer step; 0 = take the layout's
     precision: Precision = "bf16"
     optimizer: str = "adamw"
+    # Who runs the step: "deepspeed" (shardplan's program on the DeepSpeed engine) or "torch" (plain
+    # PyTorch AMP + fused AdamW, one GPU; only the calibration's reference rows use it).
+    engine: str = "deepspeed"
+    # Which ZeRO buffer sizes the ds_config carries: "shardplan" (what render writes, planner/ds_knobs.py)
+    # or "deepspeed" (DeepSpeed's defaults: 5e8-element buckets, overlap_comm only for ZeRO-3).
+    zero_buckets: str = "shardplan"
 
     def __post_init__(self) -> None:
         if not isinstance(self.seq_len, int) or self.seq_len < 1:
@@ -26,6 +32,10 @@ class Training:
             raise ValueError(f"precision({self.precision!r}) must be one of {', '.join(PRECISIONS)}")
         if self.optimizer != "adamw":
             raise ValueError(f"optimizer({self.optimizer!r}): only adamw is modelled")
+        if self.engine not in ("deepspeed", "torch"):
+            raise ValueError(f"engine({self.engine!r}) must be 'deepspeed' or 'torch'")
+        if self.zero_buckets not in ("shardplan", "deepspeed"):
+            raise ValueError(f"zero_buckets({self.zero_buckets!r}) must be 'shardplan' or 'deepspeed'")
 
 
 @dataclass(frozen=True)

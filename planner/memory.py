@@ -1,18 +1,98 @@
-"""Memory per GPU for one layout. PLACEHOLDER: the model-states-only first cut; being replaced."""
+"""Peak memory per GPU for one layout: the largest of the step's phases on the worst pipeline stage.
+
+A step goes through phases with different live sets (what torch.cuda.max_memory_allocated() sees):
+  loss       end of forward / start of backward: every saved activation + the fp32 logits and their grads
+  bwd_top    first gradient hooks: ZeRO-1/2 reduce buckets appear, activations are still all there
+  bwd_end    end of backward: all gradients (+ the epilogue's partition copy), activations gone
+  step       optimizer step: fp32 grads + the foreach-sqrt temporary, no activations
+The peak is the max over phases (not a sum), and the breakdown is the live set of the winning phase.
+Model states: model_states.py; activations: activations.py; both cite the sources they follow.
+"""
 from __future__ import annotations
 
-from .cluster import Cluster
+from .activations import (checkpoint_input_bytes, final_norm_bytes, layer_backward_working_bytes,
+                          layer_saved_bytes, loss_peak_bytes, tied_head_grad_bytes)
+from .cluster import Cluster, GPUType
+from .ds_knobs import zero_knobs
 from .estimate import MemoryBreakdown, Training
 from .layout import Layout
 from .model import ModelSpec
+from .model_states import StateBytes, deepspeed_states, torch_states
+from .stage import StageShape, stage_shape
+
+MiB = 2**20
+
+
+def cuda_runtime_bytes(gpu: GPUType) -> int:
+    """Allocations every CUDA step makes inside the caching allocator: the cuBLAS and cuBLASLt workspaces
+    (torch's default 32 MiB each on Hopper/Blackwell, ~8 MiB on older cards) and ~1 MiB of small tensors.
+    The calibration shows 65 MiB appear on the first step on an H200."""
+    name = gpu.name.upper()
+    if name == "CPU":
+        return 0
+    hopper = name.startswith(("H", "B", "GH", "GB"))
+    return (64 if hopper else 16) * MiB + MiB
+
+
+def _stage_phases(model: ModelSpec, shape: StageShape, layout: Layout, training: Training, st: StateBytes,
+                  first: bool, runtime: int) -> list[tuple[str, tuple[int, int, int, int, int]]]:
+    """(phase, (params, grads, optimizer, activations, other)) for one pipeline stage."""
+    engine = training.engine
+    act_b = 2 if training.precision in ("bf16", "fp16") else 4
+    tokens = layout.micro_batch * training.seq_len
+    m = layout.grad_accum
+    inflight = min(layout.pp, m) if (first and layout.pp > 1) else 1
+    full_layer = layer_saved_bytes(model, tokens, layout.tp, act_b, engine)
+    work = layer_backward_working_bytes(model, tokens, layout.tp, act_b)
+    if layout.checkpointing == "full":
+        saved = checkpoint_input_bytes(model, tokens, act_b, engine)
+        work += full_layer              # the layer being recomputed holds its whole working set again
+    else:
+        saved = full_layer
+    acts = inflight * shape.layers * saved
+    if engine == "torch" and layout.checkpointing != "full":
+        acts += 2 * (shape.params - model.embedding_params + model.vocab * model.hidden)  # autocast bf16 weight casts
+    elif engine == "torch":
+        acts += 2 * model.vocab * model.hidden
+    head = final_norm_bytes(model, tokens, act_b, engine) if shape.has_head else 0
+    held = st.grads_persistent + (st.grads_held if m > 1 else 0)
+    params = st.params + st.gathered
+    always = st.buffers_always + runtime
+    phases = []
+    if shape.has_head:
+        loss = loss_peak_bytes(model, tokens)
+        phases.append(("loss", (params, held, st.optimizer, acts + head, always + loss)))
+    tied = tied_head_grad_bytes(model, act_b) if shape.has_head and shape.has_embedding else 0
+    phases.append(("bwd_top", (params, held + tied, st.optimizer, acts + head + work, always + st.buffers_bwd)))
+    rest = (inflight - 1) * shape.layers * saved
+    phases.append(("bwd_end", (params, st.grads_end, st.optimizer, rest + work, always + st.buffers_bwd)))
+    phases.append(("step", (st.params, st.step_grads, st.optimizer, 0, always + st.step_other)))
+    return phases
+
+
+def memory_phases(model: ModelSpec, cluster: Cluster, layout: Layout,
+                  training: Training) -> list[tuple[str, tuple[int, int, int, int, int]]]:
+    """Every phase of every stage that can be the worst, named "stage/phase"."""
+    runtime = cuda_runtime_bytes(cluster.gpu)
+    z = int(layout.zero_stage)
+    knobs = zero_knobs(model.hidden, z, training.zero_buckets, cluster.gpu.name.upper() != "CPU")
+    out = []
+    for first in ((True, False) if layout.pp > 1 else (True,)):
+        shape = stage_shape(model, layout.tp, layout.pp, first)
+        if training.engine == "torch":
+            st = torch_states(model, shape)
+        else:
+            st = deepspeed_states(model, shape, layout.dp, z, layout.offload, training.precision, layout.pp, knobs)
+        name = "first" if first and layout.pp > 1 else ("last" if layout.pp > 1 else "all")
+        out += [(f"{name}/{ph}", parts) for ph, parts in _stage_phases(model, shape, layout, training, st, first,
+                                                                        runtime)]
+    return out
 
 
 def estimate_memory(model: ModelSpec, cluster: Cluster, layout: Layout, training: Training) -> MemoryBreakdown:
-    n = model.params // (layout.tp * layout.pp)
-    dp = layout.dp
-    z = int(layout.zero_stage)
-    params = 2 * n // (dp if z >= 3 else 1)
-    grads = 2 * n // (dp if z >= 2 else 1)
-    optim = 12 * n // (dp if z >= 1 else 1)
-    act = training.seq_len * layout.micro_batch * model.hidden * 34 * model.n_layers // (layout.tp * layout.pp)
-    return MemoryBreakdown(params, grads, optim, act, 0, cluster.gpu.memory_bytes)
+    _, (params, grads, optim, acts, other) = max(memory_phases(model, cluster, layout, training),
+                                                 key=lambda kv: sum(kv[1]))
+    peak = params + grads + optim + acts + other
+    # the caching allocator rounds and fragments: reserved runs ~3-8% above allocated in the calibration
+    return MemoryBreakdown(params, grads, optim, acts, other, cluster.gpu.memory_bytes,
+                           reserved_headroom_bytes=int(0.05 * peak))

@@ -1,0 +1,153 @@
+"""Predicted vs measured: peak memory and step time for every measured point.
+
+Reads ../shared/calibration/*.jsonl (next to the checkout, as CI has it) and benchmarks/results/measured/
+*.jsonl (anything measured later, same fields: size or n_layer/n_embd/n_head, vocab, seq, engine, stage,
+mbs, ckpt, peak_allocated, step_s, gpu), predicts each with the planner, prints a per-point table with %
+errors and the mean absolute percentage error, and writes benchmarks/results/accuracy.json.
+
+    python benchmarks/accuracy.py            # table + JSON
+    python benchmarks/accuracy.py --json     # JSON only
+
+Targets (issue 2): peak memory within 10% on every point, step time within 15%.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+MEASURED = ROOT / "benchmarks" / "results" / "measured"
+OUT = ROOT / "benchmarks" / "results" / "accuracy.json"
+MEM_TARGET, TIME_TARGET = 0.10, 0.15
+
+try:
+    from shardplan.planner.cluster import Cluster, GPUType
+    from shardplan.planner.estimate import Training
+    from shardplan.planner.layout import Layout
+    from shardplan.planner.memory import estimate_memory, memory_phases
+    from shardplan.planner.model import ModelSpec
+    from shardplan.planner.timing import estimate_time
+except ImportError:   # running from a checkout that is not pip-installed
+    sys.path.insert(0, str(ROOT.parent))
+    raise
+
+
+def gpu_for(name: str) -> GPUType:
+    """The catalog's card for a measured device name ("NVIDIA H200" -> H200)."""
+    from shardplan.planner import cluster as c
+    key = name.replace("NVIDIA", "").strip().replace(" ", "-")
+    catalog = getattr(c, "CATALOG", {})
+    for k in (key, key.split("-")[0]):
+        if k in catalog:
+            return catalog[k]
+    for g in catalog.values():
+        if g.name.split("-")[0] == key.split("-")[0]:
+            return g
+    raise ValueError(f"no catalog card for measured device {name!r}")
+
+
+def point_inputs(r: dict):
+    """The planner inputs that describe one measured row (the probe's model is GPT-2-shaped, tied)."""
+    L, h, a = r["n_layer"], r["n_embd"], r["n_head"]
+    model = ModelSpec(name=f"gpt2-{r['size']}", arch="gpt2", n_layers=L, hidden=h, n_heads=a, n_kv_heads=a,
+                      ffn_hidden=4 * h, vocab=r["vocab"], max_seq_len=r["seq"], tied_embeddings=True)
+    if model.params != r["n_params"]:
+        raise ValueError(f"{model.name}: planner counts {model.params} params, the probe {r['n_params']}")
+    cluster = Cluster(nodes=1, gpus_per_node=r.get("world_size", 1), gpu=gpu_for(r["gpu"]))
+    layout = Layout(dp=r.get("dp", 1), tp=r.get("tp", 1), pp=r.get("pp", 1), zero_stage=r.get("stage", 0),
+                    micro_batch=r["mbs"], grad_accum=r.get("grad_accum", 1),
+                    checkpointing="full" if r["ckpt"] else "none", offload=r.get("offload", "none"))
+    training = Training(seq_len=r["seq"], precision=r.get("precision", "bf16"), engine=r["engine"],
+                        zero_buckets=r.get("zero_buckets", "deepspeed"))
+    return model, cluster, layout, training
+
+
+def load_rows() -> list[tuple[str, dict]]:
+    files = sorted(SHARED.glob("calibration/*.jsonl")) + sorted(MEASURED.glob("*.jsonl"))
+    rows = []
+    for f in files:
+        for line in f.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                if r.get("ok") and "peak_allocated" in r and not r.get("compile") and not r.get("fused_adam"):
+                    rows.append((f.name, r))
+    return rows
+
+
+def evaluate_rows(rows) -> list[dict]:
+    out = []
+    for src, r in rows:
+        model, cluster, layout, training = point_inputs(r)
+        mem = estimate_memory(model, cluster, layout, training)
+        t = estimate_time(model, cluster, layout, training)
+        phase = max(memory_phases(model, cluster, layout, training), key=lambda kv: sum(kv[1]))[0]
+        out.append({"source": src, "size": r["size"], "engine": r["engine"], "zero": r["stage"], "mbs": r["mbs"],
+                    "ckpt": bool(r["ckpt"]), "gpu": cluster.gpu.name,
+                    "peak_measured": r["peak_allocated"], "peak_predicted": mem.peak_bytes, "peak_phase": phase,
+                    "peak_err": mem.peak_bytes / r["peak_allocated"] - 1,
+                    "step_measured": r["step_s"], "step_predicted": t.step_s, "step_err": t.step_s / r["step_s"] - 1,
+                    "memory": mem.to_dict(), "time": t.to_dict()})
+    return out
+
+
+def summary(points: list[dict]) -> dict:
+    def group(sel):
+        ps = [p for p in points if sel(p)]
+        if not ps:
+            return None
+        return {"points": len(ps),
+                "peak_mape": sum(abs(p["peak_err"]) for p in ps) / len(ps),
+                "peak_max_abs_err": max(abs(p["peak_err"]) for p in ps),
+                "peak_within_target": sum(abs(p["peak_err"]) <= MEM_TARGET for p in ps),
+                "step_mape": sum(abs(p["step_err"]) for p in ps) / len(ps),
+                "step_max_abs_err": max(abs(p["step_err"]) for p in ps),
+                "step_within_target": sum(abs(p["step_err"]) <= TIME_TARGET for p in ps)}
+    return {"all": group(lambda p: True), "deepspeed": group(lambda p: p["engine"] == "deepspeed"),
+            "torch": group(lambda p: p["engine"] == "torch"),
+            "targets": {"peak_abs_err": MEM_TARGET, "step_abs_err": TIME_TARGET}}
+
+
+def print_table(points: list[dict], summ: dict) -> None:
+    print(f"{'size':5} {'engine':9} {'Z':>1} {'mbs':>3} {'ckpt':4} | {'peak meas':>9} {'pred':>7} {'err':>6} "
+          f"{'phase':>12} | {'step meas':>9} {'pred':>7} {'err':>6}")
+    for p in points:
+        flag_m = " " if abs(p["peak_err"]) <= MEM_TARGET else "!"
+        flag_t = " " if abs(p["step_err"]) <= TIME_TARGET else "!"
+        print(f"{p['size']:5} {p['engine']:9} {p['zero']:>1} {p['mbs']:>3} {'yes' if p['ckpt'] else 'no':4} | "
+              f"{p['peak_measured'] / 1e9:7.2f}GB {p['peak_predicted'] / 1e9:5.2f}GB {p['peak_err']:+6.1%}{flag_m}"
+              f"{p['peak_phase']:>12} | {p['step_measured'] * 1e3:7.1f}ms {p['step_predicted'] * 1e3:5.1f}ms "
+              f"{p['step_err']:+6.1%}{flag_t}")
+    for name in ("all", "deepspeed", "torch"):
+        s = summ[name]
+        if s:
+            print(f"{name:9}: {s['points']} points | peak MAPE {s['peak_mape']:.1%} (max {s['peak_max_abs_err']:.1%},"
+                  f" {s['peak_within_target']}/{s['points']} within 10%) | step MAPE {s['step_mape']:.1%} "
+                  f"(max {s['step_max_abs_err']:.1%}, {s['step_within_target']}/{s['points']} within 15%)")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", action="store_true", help="print the JSON instead of the table")
+    args = ap.parse_args()
+    rows = load_rows()
+    if not rows:
+        print(f"no measurements found under {SHARED / 'calibration'} or {MEASURED}", file=sys.stderr)
+        return 2
+    points = evaluate_rows(rows)
+    summ = summary(points)
+    result = {"summary": summ, "points": points}
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(result, indent=1) + "\n")
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print_table(points, summ)
+        print(f"wrote {OUT.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""What one rank holds of the model: parameters of its pipeline stage, after tensor-parallel splitting."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import ceil
+
+from .model import ModelSpec
+
+
+@dataclass(frozen=True)
+class StageShape:
+    """The parameters one GPU of a pipeline stage holds (before ZeRO shards them over dp)."""
+
+    params: int               # parameters on this rank
+    layers: int               # transformer layers in this stage
+    has_embedding: bool       # first stage: token (+ position) embedding
+    has_head: bool            # last stage: final norm, LM head (a tied copy of wte under DeepSpeed's pipeline)
+    largest_module: int       # the biggest single module (ZeRO-3 gathers one module at a time)
+    layer_params: int         # one layer's parameters on this rank
+
+
+def layer_params_on_rank(model: ModelSpec, tp: int) -> int:
+    """A layer's matrices and column-parallel biases split over tp; norms and row-parallel biases replicated."""
+    h, q = model.hidden, model.n_heads * model.head_dim
+    kv, f = model.n_kv_heads * model.head_dim, model.ffn_hidden
+    total = model.params_per_layer
+    if model.arch == "gpt2":
+        replicated = 4 * h + h + h            # two LayerNorms, c_proj and mlp c_proj biases
+    else:
+        replicated = 2 * h + (h if model.attention_bias else 0) + (h if model.mlp_bias else 0)
+    return (total - replicated) // tp + replicated
+
+
+def stage_shape(model: ModelSpec, tp: int, pp: int, first: bool) -> StageShape:
+    """The first (first=True) or last pipeline stage. With pp=1 both are the whole model.
+
+    Layers per stage are ceil(L/pp): the worst stage. The embedding is replicated over tp (AutoTP shards
+    nn.Linear modules only; the tied LM head is a matmul with wte.weight, not a Linear).
+    """
+    layers = ceil(model.n_layers / pp)
+    per_layer = layer_params_on_rank(model, tp)
+    has_emb = first or pp == 1
+    has_head = (not first) or pp == 1
+    params = layers * per_layer
+    if has_emb:
+        params += model.embedding_params
+    if has_head:
+        params += model.final_norm_params
+        if not model.tied_embeddings:
+            params += model.vocab * model.hidden
+        elif pp > 1:
+            params += model.vocab * model.hidden   # TiedLayerSpec: the last stage keeps its own copy of wte
+    h, f = model.hidden, model.ffn_hidden
+    biggest_matrix = max(h * (model.n_heads + 2 * model.n_kv_heads) * model.head_dim, h * f) // tp
+    largest = max(biggest_matrix, model.vocab * model.hidden if (has_emb or has_head) else 0)
+    return StageShape(params, layers, has_emb, has_head, largest, per_layer)
