@@ -74,6 +74,7 @@ def common_options(f):
         click.option("--seq-len", type=int, help="Override the model's max positions."),
         click.option("--cluster", "-c", default="auto", show_default=True,
                      help="[NODESx]GPUSxTYPE (1xH200, 4x8xH100-80GB) or auto (nvidia-smi, SLURM, hostfile, CPU)."),
+        click.option("--gpus", type=int, help="Use only this many of the cluster's GPUs (whole nodes, or part of one)."),
         click.option("--gpu-memory", help="Override GPU memory, GB (e.g. 80 or 75GB)."),
         click.option("--intra-node-bw", type=float, help="Override NVLink bandwidth per GPU, GB/s."),
         click.option("--inter-node-bw", type=float, help="Override bandwidth between nodes per GPU, GB/s."),
@@ -121,6 +122,19 @@ def load_cluster(spec: str, overrides: dict):
     return dataclasses.replace(cluster, **changes)
 
 
+def use_gpus(cluster, gpus: int):
+    """The part of the cluster a job of `gpus` GPUs uses: whole nodes, or part of one node."""
+    if gpus == cluster.world_size:
+        return cluster
+    if 1 <= gpus < cluster.gpus_per_node:
+        return dataclasses.replace(cluster, nodes=1, gpus_per_node=gpus, hosts=cluster.hosts[:1])
+    if gpus >= 1 and gpus % cluster.gpus_per_node == 0 and gpus <= cluster.world_size:
+        nodes = gpus // cluster.gpus_per_node
+        return dataclasses.replace(cluster, nodes=nodes, hosts=cluster.hosts[:nodes])
+    raise ValueError(f"--gpus {gpus} must be at most the {cluster.world_size} GPUs of {cluster.spec} and either "
+                     f"below {cluster.gpus_per_node} (part of one node) or a multiple of {cluster.gpus_per_node}")
+
+
 def _positive(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
         raise ValueError(f"{name}({value!r}) must be a positive number of GB/s")
@@ -149,6 +163,8 @@ def inputs_from_options(opts: dict):
     with PlanError.boundary():
         model = load_model(opts.get("model"), {k: opts.get(k) for k in MODEL_OVERRIDES})
         cluster = load_cluster(opts.get("cluster"), {k: opts.get(k) for k in CLUSTER_OVERRIDES})
+        if opts.get("gpus") is not None:
+            cluster = use_gpus(cluster, opts["gpus"])
         training = build_training(model, opts.get("seq"), opts.get("global_batch"), opts.get("global_batch_tokens"),
                                   opts.get("precision") or "bf16")
         headroom = parse_headroom(opts.get("headroom", "10%"))

@@ -60,6 +60,15 @@ def test_estimate_derives_grad_accum_from_the_global_batch_tokens():
     assert out["layout"]["grad_accum"] == 1024 // (8 * 4)
 
 
+def test_gpus_caps_the_cluster():
+    r = run("plan", "--model", "gpt2", "--cluster", "4x8xH100-80GB", "--gpus", "16", "--json")
+    assert r.exit_code == 0, r.output
+    best = json.loads(r.stdout)["best"]
+    assert best["cluster"]["nodes"] == 2 and best["cluster"]["world_size"] == 16
+    r = run("plan", "--model", "gpt2", "--cluster", "4x8xH100-80GB", "--gpus", "12")
+    assert r.exit_code == 2 and "multiple of 8" in r.stderr
+
+
 def test_estimate_batch_scores_each_line_and_reports_bad_ones(tmp_path):
     lines = [
         {"model": "gpt2", "cluster": "1xH200", "layout": {"zero": 1, "micro_batch": 8}},
