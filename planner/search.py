@@ -196,19 +196,25 @@ def search(model: ModelSpec, cluster: Cluster, training: Training, headroom: flo
                 result.evaluated += 1
             return memo[i]
 
-        lo, hi = 0, len(micros) - 1          # invariant: micros[lo] fits (checked), micros[hi+1] does not
-        if memory(0).peak_bytes > usable:
-            result.misses.append((layout(micros[0]), memo[0]))
-            continue
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if memory(mid).peak_bytes <= usable:
-                lo = mid
-            else:
-                hi = mid - 1
-        if lo + 1 < len(micros):
-            result.misses.append((layout(micros[lo + 1]), memory(lo + 1)))
-        for i in range(lo + 1):
+        # Memory grows with the micro-batch, except at grad_accum 1 (the last micro-batch): without
+        # accumulation the held gradient buffers go away. So bisect the others and check that one alone.
+        last = len(micros) - 1
+        fitting: list[int] = []
+        if memory(0).peak_bytes <= usable:
+            lo, hi = 0, max(last - 1, 0)     # invariant: micros[lo] fits, micros[hi+1] (below last) does not
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if memory(mid).peak_bytes <= usable:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            fitting = list(range(lo + 1))
+        if last not in fitting and memory(last).peak_bytes <= usable:
+            fitting.append(last)
+        missing = next((i for i in range(len(micros)) if i not in fitting), None)
+        if missing is not None:             # the smallest micro-batch that does not fit: what the reasons cite
+            result.misses.append((layout(micros[missing]), memory(missing)))
+        for i in fitting:
             result.fits.append(_estimate(model, cluster, layout(micros[i]), training, headroom, memory(i)))
     return result
 
