@@ -99,6 +99,13 @@ def _extra(dim: str, best: Estimate, alt: Option | None, cluster: Cluster) -> st
     return ""
 
 
+def _without_offload(options: list[Option], usable: float) -> str:
+    kept = [o.peak for o in options if o.layout.offload == "none"]
+    if not kept or any(o.estimate for o in options if o.layout.offload == "none"):
+        return "CPU offload"
+    return f"CPU offload: nothing fits without it (the leanest layout needs {min(kept) / GB:.1f} GB > {usable / GB:.1f} GB)"
+
+
 def _host_memory(best: Estimate, cluster: Cluster) -> str:
     """What moves to the host: the on-GPU states of the same layout without offload, times the GPUs of a node."""
     import dataclasses
@@ -152,6 +159,8 @@ def explain(best: Estimate, result: SearchResult, cluster: Cluster) -> list[str]
         if diff:
             alt_label += f" ({', '.join(diff)})"
         line = f"{label(layout, dim)} over {label(alt.layout, dim)}: " + versus(best, alt, alt_label, result.usable)
+        if dim == "offload" and layout.offload != "none":
+            line = _without_offload(options, result.usable) + "; " + line
         lines.append(line + (f"; {extra}" if extra else ""))
     micro = _micro_batch_line(best, options, result.usable, best.headroom)
     if micro:
