@@ -48,10 +48,12 @@ def _expand_ranges(group: str, nodelist: str) -> list[str]:
 
 def slurm_hostnames(nodelist: str, env: Mapping[str, str] | None = None) -> list[str]:
     """`scontrol show hostnames` when it is installed and works, else expand_hostlist."""
-    if shutil.which("scontrol"):
+    scontrol = shutil.which("scontrol")
+    if scontrol:
         try:
-            r = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
-                               timeout=10, env=dict(env) if env is not None else None)
+            # scontrol retries a missing slurm.conf for a minute: give it a few seconds, then expand here.
+            r = subprocess.run([scontrol, "show", "hostnames", nodelist], capture_output=True, text=True,
+                               timeout=5, env=dict(env) if env is not None else None)
             if r.returncode == 0 and r.stdout.split():
                 return r.stdout.split()
         except (OSError, subprocess.TimeoutExpired):
