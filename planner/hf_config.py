@@ -76,20 +76,29 @@ def load_hf_config(path: str | Path) -> ModelSpec:
     if d.get("is_encoder_decoder") or "encoder" in d or "decoder" in d:
         raise ValueError(f"model config {str(f)!r} is an encoder-decoder ({model_type}): shardplan plans "
                          f"decoder-only models ({', '.join(SUPPORTED)})")
-    if model_type not in SUPPORTED:
-        raise ValueError(f"model config {str(f)!r}: model_type {model_type!r} is not supported (its layer "
-                         f"shape is not modelled); supported: {', '.join(SUPPORTED)} - or use a preset "
-                         "with --layers/--hidden/--heads/--kv-heads/--ffn-hidden/--vocab overrides")
-    from transformers import AutoConfig  # lazy: transformers takes seconds to import
+    # lazy: transformers takes seconds to import (it imports torch when installed)
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+    from transformers.utils import logging as hf_logging
 
+    if model_type not in SUPPORTED:
+        kind = "is not supported (its layer shape is not modelled)"
+        if model_type in CONFIG_MAPPING and _is_encoder_decoder(CONFIG_MAPPING[model_type]):
+            kind = "is an encoder-decoder; shardplan plans decoder-only models"
+        raise ValueError(f"model config {str(f)!r}: model_type {model_type!r} {kind}; supported: "
+                         f"{', '.join(SUPPORTED)} - or use a preset with --layers/--hidden/--heads/--kv-heads/"
+                         "--ffn-hidden/--vocab overrides")
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # token-id and rope notes are about inference, not the shape we read
     try:
-        cfg = AutoConfig.for_model(model_type).__class__.from_dict(d)
+        cfg = CONFIG_MAPPING[model_type].from_dict(d)
     except Exception as e:  # the config class's own validation: wrong types, inconsistent values
         cause = e.__cause__ or e  # huggingface_hub wraps the validator's error in a multi-line one
         reason = " ".join(str(cause).split())
         raise ValueError(f"model config {str(f)!r} is not a valid {model_type} config ({reason}); "
                          "fix the file") from None
-    name = f.parent.name or model_type
+    finally:
+        hf_logging.set_verbosity(level)
+    name = _model_name(f) or model_type
     try:
         spec = _gpt2_spec(name, cfg) if model_type in GPT2_LIKE else _llama_spec(name, cfg, d, LLAMA_LIKE[model_type])
     except (TypeError, AttributeError) as e:
@@ -98,6 +107,20 @@ def load_hf_config(path: str | Path) -> ModelSpec:
     except ValueError as e:
         raise ValueError(f"model config {str(f)!r}: {e}") from None
     return spec
+
+
+def _is_encoder_decoder(config_class) -> bool:
+    try:
+        return bool(config_class().is_encoder_decoder)
+    except Exception:  # composite configs that need arguments: not ours to plan either way
+        return False
+
+
+def _model_name(f: Path) -> str:
+    """The model directory's name; for a Hub cache snapshot (models--org--name/snapshots/<hash>/) the model's."""
+    if f.parent.parent.name == "snapshots" and f.parent.parent.parent.name.startswith("models--"):
+        return f.parent.parent.parent.name.split("--")[-1]
+    return f.parent.name
 
 
 def _need(cfg, key: str):

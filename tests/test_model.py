@@ -202,7 +202,9 @@ def test_every_supported_llama_like_type_counts_exactly(model_type, tmp_path):
     ('[1, 2]', "not an object"),
     ('{"n_layer": 12}', "no \"model_type\""),
     ('{"model_type": "t5", "is_encoder_decoder": true}', "encoder-decoder"),
+    ('{"model_type": "bart", "d_model": 768}', "'bart' is an encoder-decoder"),
     ('{"model_type": "bert", "hidden_size": 768}', "'bert' is not supported"),
+    ('{"model_type": "qwen3", "hidden_size": 1024}', "'qwen3' is not supported"),
     ('{"model_type": "no-such-arch"}', "'no-such-arch' is not supported"),
     ('{"model_type": "gpt2", "n_layer": -3}', "n_layers(-3) must be a positive integer"),
     ('{"model_type": "llama", "hidden_size": 100, "num_attention_heads": 3, "num_key_value_heads": 3}',
@@ -216,6 +218,12 @@ def test_bad_config_json(tmp_path, content, expect):
         get_model(str(f))
     msg = str(e.value)
     assert expect in msg and str(f) in msg and "\n" not in msg
+
+
+def test_hub_cache_snapshot_is_named_after_the_model(tmp_path):
+    snap = tmp_path / "models--Qwen--Qwen2-0.5B" / "snapshots" / "8f445e3628f3500ee69f24e1303c9f10f5342a39"
+    snap.mkdir(parents=True)
+    assert get_model(str(write_config(snap, QWEN2_05B_HUB))).name == "Qwen2-0.5B"
 
 
 def test_missing_paths(tmp_path):
