@@ -7,11 +7,14 @@ saves its input; sequence parallelism is off, so norms and residuals are replica
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 from .model import ModelSpec
 
 LN_STAT_BYTES = 8          # LayerNorm/RMSNorm keep fp32 mean and rstd per token (RMSNorm: rstd only)
 
 
+@lru_cache(maxsize=8192)
 def layer_saved_bytes(model: ModelSpec, tokens: int, tp: int, act_bytes: int, engine: str = "deepspeed") -> int:
     """Bytes autograd keeps for one transformer layer of one micro-batch of `tokens` tokens (no recompute).
 
@@ -38,6 +41,7 @@ def layer_saved_bytes(model: ModelSpec, tokens: int, tp: int, act_bytes: int, en
     return int(replicated + (qkv + attn_out + mlp) / tp + lse + stats)
 
 
+@lru_cache(maxsize=8192)
 def layer_backward_working_bytes(model: ModelSpec, tokens: int, tp: int, act_bytes: int) -> int:
     """Transient gradients while one layer runs backward: the MLP's widest input/output gradients."""
     return int(2 * tokens * model.ffn_hidden * act_bytes / tp + 2 * tokens * model.hidden * act_bytes)

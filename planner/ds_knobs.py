@@ -6,6 +6,8 @@ Two styles: "shardplan" is what launch/ds_config.py renders (buckets sized to th
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 from dataclasses import dataclass
 
 DEEPSPEED_DEFAULT_BUCKET = 500_000_000       # reduce_bucket_size / allgather_bucket_size, elements
@@ -31,6 +33,7 @@ def shardplan_bucket(hidden: int) -> int:
     return min(DEEPSPEED_DEFAULT_BUCKET, 32 * hidden * hidden)
 
 
+@lru_cache(maxsize=8192)
 def zero_knobs(hidden: int, zero_stage: int, style: str = "shardplan", on_gpu: bool = True) -> ZeroKnobs:
     if style == "deepspeed":
         return ZeroKnobs(DEEPSPEED_DEFAULT_BUCKET, DEEPSPEED_DEFAULT_BUCKET, overlap_comm=zero_stage == 3,

@@ -17,6 +17,8 @@ Every number below is read off the engine's source (deepspeed/runtime/...) and t
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 from dataclasses import dataclass
 
 from .ds_knobs import ZeroKnobs
@@ -52,6 +54,7 @@ def persistent_small_params(model: ModelSpec, shape: StageShape, threshold: int)
     return shape.layers * per_layer + (model.final_norm_params if shape.has_head else 0)
 
 
+@lru_cache(maxsize=8192)
 def deepspeed_states(model: ModelSpec, shape: StageShape, dp: int, zero: int, offload: str, precision: str,
                      pp: int, knobs: ZeroKnobs) -> StateBytes:
     lp = 2 if precision in ("bf16", "fp16") else 4    # bytes of the model dtype
@@ -101,6 +104,7 @@ def deepspeed_states(model: ModelSpec, shape: StageShape, dp: int, zero: int, of
                       gathered, grads_persistent=grads)
 
 
+@lru_cache(maxsize=8192)
 def torch_states(model: ModelSpec, shape: StageShape) -> StateBytes:
     """Plain PyTorch AMP with fused AdamW: fp32 weights, fp32 grads, fp32 moments; no step temporaries."""
     p = shape.params

@@ -1,6 +1,8 @@
 """What one rank holds of the model: parameters of its pipeline stage, after tensor-parallel splitting."""
 from __future__ import annotations
 
+from functools import lru_cache
+
 from dataclasses import dataclass
 from math import ceil
 
@@ -31,6 +33,7 @@ def layer_params_on_rank(model: ModelSpec, tp: int) -> int:
     return (total - replicated) // tp + replicated
 
 
+@lru_cache(maxsize=8192)
 def stage_shape(model: ModelSpec, tp: int, pp: int, first: bool) -> StageShape:
     """The first (first=True) or last pipeline stage. With pp=1 both are the whole model.
 

@@ -1,0 +1,74 @@
+"""Communication volume and time per step: data-parallel gradients/weights, tensor-parallel activations,
+pipeline point-to-point. nccl-tests conventions (Jeaugey, "NCCL tests: PERFORMANCE.md"): a ring
+all-reduce moves 2(n-1)/n·S bytes per GPU over the bus, reduce-scatter and all-gather (n-1)/n·S.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .cluster import Cluster
+from .layout import Layout
+from .model import ModelSpec
+
+COLLECTIVE_LATENCY_S = 15e-6      # per collective call inside a node (NCCL ring, small messages)
+INTER_NODE_LATENCY_S = 30e-6
+
+
+@dataclass(frozen=True)
+class Comm:
+    dp_bytes: int       # bytes each GPU sends for data parallelism per step
+    dp_s: float         # their time if nothing overlapped
+    dp_overlappable_s: float  # the part DeepSpeed can hide behind backward / forward compute
+    tp_bytes: int
+    tp_s: float
+    pp_bytes: int
+    pp_s: float
+
+
+def group_bandwidth(cluster: Cluster, size: int, stride: int) -> tuple[float, float]:
+    """(bus bytes/s, latency) of a group of `size` ranks `stride` apart (ranks fill a node first).
+
+    A group inside one node uses NVLink; one that spans nodes is limited by the per-GPU network.
+    """
+    if size <= 1:
+        return float("inf"), 0.0
+    inside = size * stride <= cluster.gpus_per_node
+    if inside:
+        return cluster.gpu.nvlink_gbps * 1e9, COLLECTIVE_LATENCY_S
+    return min(cluster.gpu.nvlink_gbps, cluster.inter_node_gbps) * 1e9, INTER_NODE_LATENCY_S
+
+
+def step_comm(model: ModelSpec, cluster: Cluster, layout: Layout, stage_params: int, seq: int,
+              act_bytes: int, bucket: int) -> Comm:
+    dp, tp, pp, m = layout.dp, layout.tp, layout.pp, layout.grad_accum
+    z = int(layout.zero_stage)
+    grad_bytes = act_bytes * stage_params          # gradients travel in the model dtype (communication_data_type)
+    # ---- data parallel (ranks tp apart: DeepSpeed's topology puts model/tensor parallel fastest)
+    bw, lat = group_bandwidth(cluster, dp, tp)
+    frac = (dp - 1) / dp if dp > 1 else 0.0
+    n_buckets = max(1, -(-stage_params // max(bucket, 1)))
+    if z <= 1:      # one all-reduce (ZeRO-1: reduce-scatter + all-gather of weights) at the boundary
+        vol = 2 * frac * grad_bytes
+        calls = 2 * n_buckets
+        overlappable = 0.0 if z == 0 else 0.5          # ZeRO-1 reduces at the boundary, gathers after the step
+    elif z == 2:    # reduce-scatter every micro-batch (hooks), all-gather after the step
+        vol = frac * grad_bytes * (m + 1)
+        calls = n_buckets * (m + 1)
+        overlappable = m / (m + 1)
+    else:           # ZeRO-3: gather weights for forward and backward, reduce-scatter grads, every micro-batch
+        vol = 3 * frac * grad_bytes * m
+        calls = 3 * n_buckets * m
+        overlappable = 1.0
+    dp_s = (vol / bw + calls * lat) if dp > 1 else 0.0
+    # ---- tensor parallel: 4 all-reduces of b·s·h activations per layer per micro-batch (2 fwd, 2 bwd)
+    layers = -(-model.n_layers // pp)
+    tp_bw, tp_lat = group_bandwidth(cluster, tp, 1)
+    act = layout.micro_batch * seq * model.hidden * act_bytes
+    tp_calls = 4 * layers * m * (1.5 if layout.checkpointing == "full" else 1)   # recompute repeats the forward's
+    tp_vol = 2 * (tp - 1) / tp * act * tp_calls if tp > 1 else 0
+    tp_s = (tp_vol / tp_bw + tp_calls * tp_lat) if tp > 1 else 0.0
+    # ---- pipeline: each micro-batch's activation forward and its gradient backward across each boundary
+    pp_bw, pp_lat = group_bandwidth(cluster, pp, dp * tp)
+    pp_vol = 2 * act * m if pp > 1 else 0
+    pp_s = (pp_vol / pp_bw + 2 * m * pp_lat) if pp > 1 else 0.0
+    return Comm(int(vol) if dp > 1 else 0, dp_s, dp_s * overlappable, int(tp_vol), tp_s, int(pp_vol), pp_s)

@@ -1,0 +1,122 @@
+"""GPU time of one micro-batch's forward + backward on one rank, kernel by kernel, from first principles.
+
+Matmuls: a roofline per GEMM — max(FLOPs at the card's matmul ceiling, operand bytes at HBM bandwidth) —
+derated by wave quantization (output tiles over the SMs) and a pipeline-fill term in K (a short K leaves
+each tile's main loop too short to hide its prologue/epilogue). Attention: FlashAttention-2 (what SDPA
+runs) does the causal half of the QK^T/AV work forward and 2.5x that backward, at a fraction of the
+matmul ceiling. Everything else (norms, GELU/SwiGLU, residual adds, bias grads, the fp32 loss) is
+memory bound: HBM bytes counted per token below, at an achievable fraction of peak bandwidth.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+from math import ceil
+
+from .cluster import GPUType
+from .model import ModelSpec
+
+TILE_M, TILE_N = 128, 256       # cuBLAS/CUTLASS bf16 tile on Hopper (a 128x128 tile on older cards)
+K_FILL = 512                    # K elements of main loop that one tile's prologue+epilogue cost
+K_CEILING = 8192                # the matmul ceiling (GPUType.matmul_efficiency) was measured at 8192^3
+HBM_EFFICIENCY = 0.8            # achievable share of peak HBM bandwidth for streaming kernels (STREAM-like)
+FLASH_EFFICIENCY = 0.3          # FlashAttention-2 share of the dense peak at head_dim 64-128 (Dao 2023, fig. 5)
+KERNEL_GPU_S = 3e-6             # the smallest kernel's time on the GPU (launch + ramp)
+
+
+@lru_cache(maxsize=8192)
+def sm_count(gpu: GPUType) -> int:
+    """Streaming multiprocessors (datasheets): wave quantization needs it; ~1 SM per 7.5 dense TFLOP/s."""
+    name = gpu.name.upper()
+    for prefix, sms in (("H100-PCIE", 114), ("H", 132), ("GH", 132), ("A100", 108), ("B", 148), ("MI300", 304),
+                        ("MI250", 110), ("V100", 80), ("L40", 142), ("L4", 58), ("T4", 40), ("A10", 72),
+                        ("RTX-4090", 128)):
+        if name.startswith(prefix):
+            return sms
+    return max(1, round(gpu.bf16_tflops / 7.5))
+
+
+def gemm_s(gpu: GPUType, m: int, n: int, k: int, precision: str = "bf16") -> float:
+    """Seconds for an (m x k) @ (k x n) matmul."""
+    if m <= 0 or n <= 0 or k <= 0:
+        return 0.0
+    elem = 4 if precision == "fp32" else 2
+    peak = gpu.peak_tflops(precision) * 1e12 * (gpu.matmul_efficiency if precision != "fp32" else 1.0)
+    tiles = ceil(m / TILE_M) * ceil(n / TILE_N)
+    sms = sm_count(gpu)
+    waves = ceil(tiles / sms)
+    wave_eff = tiles / (waves * sms)
+    fill = (k / (k + K_FILL)) / (K_CEILING / (K_CEILING + K_FILL))
+    flops_s = 2.0 * m * n * k / (peak * wave_eff * min(1.0, fill))
+    bytes_s = elem * (m * k + k * n + m * n) / (gpu.hbm_gbps * 1e9 * HBM_EFFICIENCY)
+    return max(flops_s, bytes_s, KERNEL_GPU_S)
+
+
+def layer_gemms(model: ModelSpec, tokens: int, tp: int) -> list[tuple[int, int, int]]:
+    """(M, N, K) of one layer's forward matmuls on this rank (column-parallel N and row-parallel K split)."""
+    h, q = model.hidden, model.n_heads * model.head_dim
+    kv, f = model.n_kv_heads * model.head_dim, model.ffn_hidden
+    mlp_in = (2 if model.arch == "llama" else 1) * f
+    return [(tokens, (q + 2 * kv) // tp, h), (tokens, h, q // tp), (tokens, mlp_in // tp, h), (tokens, h, f // tp)]
+
+
+def fwd_bwd_gemm_s(gpu: GPUType, shapes, precision: str) -> float:
+    """Forward (M,N,K), backward data grad (M,K,N) and weight grad (K,N,M) for each shape."""
+    return sum(gemm_s(gpu, m, n, k, precision) + gemm_s(gpu, m, k, n, precision) + gemm_s(gpu, k, n, m, precision)
+               for m, n, k in shapes)
+
+
+def attention_s(gpu: GPUType, model: ModelSpec, micro_batch: int, seq: int, tp: int, precision: str) -> float:
+    """Causal flash attention forward (2·b·s²·q FLOPs) + backward (2.5x forward), heads split over tp."""
+    q = model.n_heads * model.head_dim / tp
+    fwd = 2.0 * micro_batch * seq * seq * q
+    return 3.5 * fwd / (gpu.peak_tflops(precision) * 1e12 * FLASH_EFFICIENCY)
+
+
+def layer_elementwise_bytes(model: ModelSpec, tokens: int, tp: int, act_bytes: int, engine: str) -> float:
+    """HBM bytes of one layer's memory-bound kernels, forward + backward, counted kernel by kernel.
+
+    Per token, in units of (hidden x act_bytes): forward — 2 norms (2 each), 2 residual adds (3 each), the
+    activation (2 x ffn/h) and SDPA's own reads/writes of q,k,v,out (4); backward — 2 norms (4 each), 2
+    residual-grad adds (3 each), activation backward (3 x ffn/h), bias/norm-weight grads (read the grads,
+    ~2 + ffn/h), SDPA's reads of q,k,v,out,dout and writes of dq,dk,dv (8) and the re-layout of dq,dk,dv
+    into the fused projection's gradient (6). Torch autocast adds fp32 residuals/norms and weight casts.
+    """
+    h, f = model.hidden, model.ffn_hidden
+    r = f / h * (1.5 if model.arch == "llama" else 1.0)    # SwiGLU touches gate, up and product
+    split = (4 + 8 + 6) / tp + 2 * r / tp + 3 * r / tp + r / tp      # parts that live on this rank's heads/ffn shard
+    replicated = 2 * 2 + 2 * 3 + 2 * 4 + 2 * 3 + 2
+    per_token = (split + replicated) * h * act_bytes
+    if engine == "torch":
+        per_token *= 1.35     # fp32 residual stream and norms under autocast
+    return per_token * tokens
+
+
+def loss_bytes(model: ModelSpec, tokens: int) -> float:
+    """LM head epilogue and fp32 cross-entropy, forward + backward: write bf16 logits (2), upcast (2+4),
+    log_softmax (4+4, + 4 for the max/sum pass), nll grad (4), log_softmax backward (4+4+4), downcast (4+2),
+    slice/view backward (2+2): ~50 bytes per vocabulary entry per token."""
+    return 50.0 * tokens * model.vocab
+
+
+@lru_cache(maxsize=8192)
+def microbatch_gpu_s(gpu: GPUType, model: ModelSpec, layers: int, micro_batch: int, seq: int, tp: int,
+                     precision: str, engine: str, has_head: bool, recompute: str) -> float:
+    """One micro-batch forward + backward on one pipeline stage. recompute: none | full | selective."""
+    tokens = micro_batch * seq
+    act_b = 2 if precision in ("bf16", "fp16") or engine == "torch" else 4
+    bw = gpu.hbm_gbps * 1e9 * HBM_EFFICIENCY
+    mm_prec = "bf16" if engine == "torch" else precision
+    shapes = layer_gemms(model, tokens, tp)
+    gemm = fwd_bwd_gemm_s(gpu, shapes, mm_prec)
+    attn = attention_s(gpu, model, micro_batch, seq, tp, mm_prec)
+    elem = layer_elementwise_bytes(model, tokens, tp, act_b, engine) / bw
+    per_layer = gemm + attn + elem
+    if recompute == "full":   # one more forward: the forward third of the GEMMs, 2/7 of attention, ~1/3 of the rest
+        per_layer += sum(gemm_s(gpu, m, n, k, mm_prec) for m, n, k in shapes) + attn * 2 / 7 + elem / 3
+    elif recompute == "selective":
+        per_layer += attn * 2 / 7
+    total = layers * per_layer
+    if has_head:
+        total += fwd_bwd_gemm_s(gpu, [(tokens, model.vocab, model.hidden)], mm_prec) + loss_bytes(model, tokens) / bw
+    return total
