@@ -20,26 +20,28 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
 class ShellVar(str):
-    """An argv element the shell expands at run time, e.g. ShellVar("SLURM_NODEID").
+    """An argv element the shell expands at run time, e.g. ShellVar("SLURM_NODEID"), optionally after a
+    literal prefix: ShellVar("NODE_RANK", prefix="/run/logs/node").
 
-    Its str value is "${NAME}" (what a dry-run prints); `shell_quote` renders it as "${NAME}" in double
-    quotes so that the shell expands it, where every plain str is single-quoted and stays inert.
+    Its str value is prefix + "${NAME}" (what a dry-run prints); `shell_quote` keeps the prefix inert
+    (single-quoted) and puts "${NAME}" in double quotes so that the shell expands it.
     """
 
     name: str
+    prefix: str
 
-    def __new__(cls, name: str) -> "ShellVar":
+    def __new__(cls, name: str, prefix: str = "") -> "ShellVar":
         if not _ENV_NAME.match(name):
             raise ValueError(f"shell variable name({name!r}) must match [A-Za-z_][A-Za-z0-9_]*")
-        obj = super().__new__(cls, "${" + name + "}")
-        obj.name = name
+        obj = super().__new__(cls, prefix + "${" + name + "}")
+        obj.name, obj.prefix = name, prefix
         return obj
 
 
 def shell_quote(arg: str) -> str:
-    """One argv element as a shell word: ShellVar expands, anything else is inert (shlex.quote)."""
+    """One argv element as a shell word: a ShellVar expands, anything else is inert (shlex.quote)."""
     if isinstance(arg, ShellVar):
-        return f'"${{{arg.name}}}"'
+        return (shlex.quote(arg.prefix) if arg.prefix else "") + f'"${{{arg.name}}}"'
     return shlex.quote(str(arg))
 
 
@@ -162,14 +164,23 @@ def deepspeed_command(run: RunSpec, *, node_rank: int | None = None) -> Command:
     return Command(tuple(argv) + train_args(run), base_env(run))
 
 
+def torchrun_log_dir(run: RunSpec, node_rank: int | str) -> str:
+    """Where node N's torchrun agent writes its ranks' logs: <run>/logs/node<N>/<run id>_<random>/
+    attempt_<k>/<local rank>/{stdout,stderr}.log (torch/distributed/elastic/multiprocessing/api.py);
+    the global rank is N·procs_per_node + local rank."""
+    base = str(PurePosixPath(run.log_dir) / "node")
+    if isinstance(node_rank, ShellVar):
+        return ShellVar(node_rank.name, prefix=base)
+    return f"{base}{node_rank}"
+
+
 def _torchrun_argv(run: RunSpec, nnodes: str, node_rank: str, master_addr: str, master_port: str) -> tuple[str, ...]:
     # --max-restarts 0: a dead rank ends the job instead of restarting the group (fail fast).
-    # --redirects 3 --tee 3: stdout+stderr of every rank to <log-dir>/<run id>/attempt_0/<local rank>/
-    # and to the console (torch/distributed/elastic/multiprocessing/api.py).
+    # --redirects 3 --tee 3: stdout+stderr of every rank to its log file and to the console.
     return (run.python, "-u", "-m", "torch.distributed.run",
             "--nnodes", nnodes, "--node-rank", node_rank, "--nproc-per-node", str(run.procs_per_node),
             "--master-addr", master_addr, "--master-port", master_port, "--max-restarts", "0",
-            "--log-dir", run.log_dir, "--redirects", "3", "--tee", "3",
+            "--log-dir", torchrun_log_dir(run, node_rank), "--redirects", "3", "--tee", "3",
             "-m", TRAIN_MODULE) + train_args(run)
 
 

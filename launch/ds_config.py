@@ -45,6 +45,12 @@ class Schedule:
         return max(2, min(2000, self.steps // 10))
 
     @property
+    def warmup_min_ratio(self) -> float:
+        # DeepSpeed's linear warm-up starts at warmup_min_ratio·lr on step 0: at 0 the first step would not
+        # move the weights, which a 3-step smoke run notices.
+        return 0.1
+
+    @property
     def steps_per_print(self) -> int:
         return max(1, min(100, self.steps // 10))
 

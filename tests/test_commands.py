@@ -65,7 +65,7 @@ def test_torchrun_command_and_shell_var_node_rank():
     assert argv[:4] == ("python3", "-u", "-m", "torch.distributed.run")
     pairs = dict(zip(argv[4:20:2], argv[5:20:2]))
     assert pairs == {"--nnodes": "2", "--node-rank": "1", "--nproc-per-node": "4", "--master-addr": "n1",
-                     "--master-port": "1234", "--max-restarts": "0", "--log-dir": "/r/logs", "--redirects": "3"}
+                     "--master-port": "1234", "--max-restarts": "0", "--log-dir": "/r/logs/node1", "--redirects": "3"}
     assert argv[-4:] == ("-m", "shardplan.launch.train", "--run-dir", "/r")
     line = shell_join(torchrun_command(run, node_rank=ShellVar("NODE_RANK")).argv)
     assert '"${NODE_RANK}"' in line
@@ -79,6 +79,7 @@ def test_quoting_is_inert_and_exact():
     line = "printf '%s\\0' " + shell_join(cmd.argv[1:])
     assert _echo_argv(line) == list(cmd.argv[1:])
     assert shell_quote(ShellVar("X")) == '"${X}"'
+    assert _echo_argv("printf '%s\\0' " + shell_quote(ShellVar("X", prefix=NASTY + "/n")), env={"X": "7"}) == [NASTY + "/n7"]
     env_line = Command(("sh", "-c", 'printf "%s\\0" "$V"'), {"V": NASTY}).shell()
     assert _echo_argv(env_line) == [NASTY]
 

@@ -4,7 +4,8 @@
 #
 # Start the job with torchrun (torch.distributed.run), one agent per node:
 #   on each of the 4 nodes: NODE_RANK=<0..3> MASTER_ADDR=<node 0's address> bash launch_torchrun.sh [extra training arguments]
-# Per-rank logs: <RUN_DIR>/logs/<run id>/attempt_0/<local rank>/{stdout,stderr}.log
+# Per-rank logs: <RUN_DIR>/logs/node<N>/<run id>/attempt_0/<local rank>/{stdout,stderr}.log
+#   (global rank = N x 8 + local rank)
 # --max-restarts 0: when one rank dies the whole job ends (no hang until a collective times out).
 set -euo pipefail
 : "${NODE_RANK:?set NODE_RANK to the index of this node, 0..3}"
@@ -19,7 +20,7 @@ exec python3 -u \
   --master-addr "${MASTER_ADDR}" \
   --master-port 29500 \
   --max-restarts 0 \
-  --log-dir <RUN_DIR>/logs \
+  --log-dir <RUN_DIR>/logs/node"${NODE_RANK}" \
   --redirects 3 \
   --tee 3 \
   -m shardplan.launch.train \

@@ -4,7 +4,8 @@
 #
 # Start the job with torchrun (torch.distributed.run), one agent per node:
 #   bash launch_torchrun.sh [extra training arguments, e.g. --steps 5 --resume]
-# Per-rank logs: <RUN_DIR>/logs/<run id>/attempt_0/<local rank>/{stdout,stderr}.log
+# Per-rank logs: <RUN_DIR>/logs/node<N>/<run id>/attempt_0/<local rank>/{stdout,stderr}.log
+#   (global rank = N x 2 + local rank)
 # --max-restarts 0: when one rank dies the whole job ends (no hang until a collective times out).
 set -euo pipefail
 export DS_ACCELERATOR=cpu
@@ -18,7 +19,7 @@ exec python3 -u \
   --master-addr 127.0.0.1 \
   --master-port 29500 \
   --max-restarts 0 \
-  --log-dir <RUN_DIR>/logs \
+  --log-dir <RUN_DIR>/logs/node0 \
   --redirects 3 \
   --tee 3 \
   -m shardplan.launch.train \
