@@ -113,6 +113,21 @@ class RunSpec:
     def world_size(self) -> int:
         return self.nodes * self.procs_per_node
 
+    def to_dict(self) -> dict:
+        """What render stores in plan.json under "launch", so that `launch` rebuilds the scripts' commands."""
+        return {"run_dir": self.run_dir, "nodes": self.nodes, "procs_per_node": self.procs_per_node,
+                "hosts": list(self.hosts), "master_addr": self.master_addr, "master_port": self.master_port,
+                "cpu": self.cpu, "python": self.python, "train_args": list(self.train_args)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunSpec":
+        known = {"run_dir", "nodes", "procs_per_node", "hosts", "master_addr", "master_port", "cpu", "python",
+                 "train_args"}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown run spec keys {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**{**d, "hosts": tuple(d.get("hosts", ())), "train_args": tuple(d.get("train_args", ()))})
+
     @property
     def log_dir(self) -> str:
         return str(PurePosixPath(self.run_dir) / "logs")

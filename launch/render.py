@@ -141,6 +141,7 @@ def render_files(plan: dict, est: Estimate, opts: RenderOptions, run_dir: Path) 
     plan_out = {"best": est.to_dict(), **{k: v for k, v in plan.items() if k != "best"}}
     plan_out["command"] = opts.command or "shardplan render"
     plan_out["shardplan_version"] = __version__
+    plan_out["launch"] = run.to_dict()  # the RunSpec the scripts were rendered from (RunSpec.from_dict)
     files["plan.json"] = json.dumps(plan_out, indent=2) + "\n"
     files["ds_config.json"] = json.dumps(ds_config, indent=2) + "\n"
     if run.hosts:

@@ -104,6 +104,14 @@ def test_srun_line_expands_node_id_per_task_and_passes_extra_args(tmp_path):
     assert got == expected + ["--resume", "a b"]
 
 
+def test_runspec_round_trips_through_a_dict():
+    run = RunSpec(run_dir="/r", nodes=2, procs_per_node=4, hosts=("a", "b"), master_addr="a", master_port=1234,
+                  cpu=True, python="/py", train_args=("--steps", "5"))
+    assert RunSpec.from_dict(run.to_dict()) == run
+    with pytest.raises(ValueError, match="unknown run spec keys"):
+        RunSpec.from_dict({**run.to_dict(), "gpus": 8})
+
+
 def test_sbatch_command():
     assert sbatch_command("/r").argv == ("sbatch", "--parsable", "/r/job.sbatch")
     assert command_for(RunSpec(run_dir="/r"), "slurm") == sbatch_command("/r")

@@ -91,6 +91,8 @@ def test_matrix_ds_config_is_consistent_and_valid(rendered, name):
     plan = json.loads((result.run_dir / "plan.json").read_text())
     assert plan["best"]["layout"] == lay.to_dict() and plan["command"] == "shardplan render --test"
     assert (result.run_dir / "hostfile").exists() == bool(est.cluster.hosts)
+    spec = RunSpec.from_dict(plan["launch"])  # what `shardplan launch` rebuilds the scripts' commands from
+    assert spec.run_dir == str(result.run_dir) and spec.world_size == lay.world_size
 
 
 def test_tp_partition_config_names_the_training_programs_modules(rendered):
