@@ -14,7 +14,7 @@ TINY_PARAMS = 512 * 64 + 64 * 64 + 2 * (64 * 192 + 192 + 64 * 64 + 64 + 2 * 64 *
 
 
 def make_run_dir(path: Path, dp=1, tp=1, pp=1, zero=0, micro=4, accum=1, seq_len=32, checkpointing="none",
-                 model: dict | None = None, ds_overrides: dict | None = None) -> Path:
+                 model: dict | None = None, ds_overrides: dict | None = None, prepared_data: bool = True) -> Path:
     """plan.json + ds_config.json as render writes them (fp32, AdamW, gradient clipping, warmup schedule)."""
     path.mkdir(parents=True, exist_ok=True)
     model = dict(model or TINY_MODEL, params=TINY_PARAMS)
@@ -40,7 +40,25 @@ def make_run_dir(path: Path, dp=1, tp=1, pp=1, zero=0, micro=4, accum=1, seq_len
         ds[key] = value
     (path / "plan.json").write_text(json.dumps(plan, indent=1))
     (path / "ds_config.json").write_text(json.dumps(ds, indent=1))
-    return path
+    return with_prepared_data(path) if prepared_data else path
+
+
+_DATA_CACHE: dict[str, Path] = {}
+
+
+def with_prepared_data(run_dir: Path) -> Path:
+    """Copy a tokenizer + token file prepared once per test session into run_dir/data (saves ~2 s per run)."""
+    import shutil
+    import tempfile
+    if "dir" not in _DATA_CACHE:
+        from shardplan.launch.train.data import load_tokenizer, text_files, token_file
+        cache = Path(tempfile.mkdtemp(prefix="shardplan-train-data-"))
+        files = text_files(None, cache)
+        tok, source = load_tokenizer(None, files, TINY_MODEL["vocab"], cache)
+        token_file(files, tok, source, cache)
+        _DATA_CACHE["dir"] = cache
+    shutil.copytree(_DATA_CACHE["dir"], run_dir / "data", dirs_exist_ok=True)
+    return run_dir
 
 
 def free_port() -> int:
@@ -55,6 +73,16 @@ def train(run_dir: Path, nproc: int, *args: str, timeout: int = 240) -> subproce
                OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
            "--master-port", env["MASTER_PORT"], "-m", "shardplan.launch.train", "--run-dir", str(run_dir), *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def train_single(run_dir: Path, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    """One process without a launcher (WORLD_SIZE unset = 1), as a user would run it."""
+    env = dict(os.environ, DS_ACCELERATOR="cpu", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
+               OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        env.pop(key, None)
+    cmd = [sys.executable, "-m", "shardplan.launch.train", "--run-dir", str(run_dir), *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
 
 

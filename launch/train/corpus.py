@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import sys
+import warnings
 from pathlib import Path
 
 # Pure-Python stdlib modules with long, well-written docstrings, present on every CPython build.
@@ -45,7 +46,9 @@ def _docs(module_name: str):
 
 
 def corpus_text() -> str:
-    paragraphs = [doc.strip() for name in MODULES for doc in _docs(name)]
+    with warnings.catch_warnings():   # touching deprecated members (typing.io) warns; the text is the same
+        warnings.simplefilter("ignore")
+        paragraphs = [doc.strip() for name in MODULES for doc in _docs(name)]
     return "\n\n".join(p for p in paragraphs if len(p) > 40) + "\n"
 
 

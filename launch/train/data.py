@@ -1,6 +1,7 @@
 """Text files -> byte-level BPE tokens -> a memory-mapped token file -> deterministic per-rank batches."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -73,8 +74,8 @@ def token_file(files: list[Path], tokenizer, tokenizer_source: str, cache_dir: P
     """Tokenize once into cache_dir/tokens-<key>.bin (uint16 when the vocab allows); reuse when unchanged."""
     vocab = tokenizer.get_vocab_size()
     dtype = np.uint16 if vocab <= 2**16 else np.uint32
-    key_src = json.dumps([tokenizer_source, [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns)
-                                             for f in files]])
+    # Name, size and mtime identify a file cheaply (no hashing of large data); a copied run dir keeps its cache.
+    key_src = json.dumps([tokenizer_source, [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]])
     key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
     path = cache_dir / f"tokens-{key}.bin"
     if path.is_file():
@@ -104,6 +105,11 @@ def token_file(files: list[Path], tokenizer, tokenizer_source: str, cache_dir: P
 def open_tokens(path: Path) -> np.memmap:
     meta = json.loads(Path(path).with_suffix(".json").read_text())
     return np.memmap(path, dtype=np.dtype(meta["dtype"]), mode="r")
+
+
+@functools.lru_cache(maxsize=4)
+def _permutation(seed: int, epoch: int, windows: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(windows)
 
 
 @dataclass(frozen=True)
@@ -143,7 +149,7 @@ class Sampler:
 
     def window(self, sample_id: int) -> int:
         epoch, index = divmod(sample_id, self.windows)
-        return int(np.random.default_rng([self.seed, epoch]).permutation(self.windows)[index])
+        return int(_permutation(self.seed, epoch, self.windows)[index])
 
     def batch(self, tokens: np.ndarray, step: int, micro_step: int, dp_rank: int):
         """(inputs, targets) int64 tensors of shape [micro_batch, seq_len]."""
