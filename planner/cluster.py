@@ -71,47 +71,49 @@ class Cluster:
                 "hosts": list(self.hosts), "source": self.source}
 
 
-def _card(name: str, gib: float, bf16: float, fp16: float, fp32: float, hbm: float, link: float, **kw) -> GPUType:
-    return GPUType(name, int(gib * GiB), bf16, fp16, fp32, hbm, link, **kw)
+def _card(name: str, mib: int, bf16: float, fp16: float, fp32: float, hbm: float, link: float, **kw) -> GPUType:
+    return GPUType(name, mib * 2**20, bf16, fp16, fp32, hbm, link, **kw)
 
 
-# Memory: torch.cuda.get_device_properties().total_memory, read from PyTorch's out-of-memory messages
-# ("GPU 0 has a total capacity of 79.11 GiB"); it is a little under nvidia-smi's memory.total. AMD: per
-# device torch sees (an MI250X is two such GCDs). Peaks: dense tensor-core TFLOP/s (no sparsity), fp32
-# without tensor cores. Links: per-GPU unidirectional bandwidth, the ceiling of nccl-tests' busbw
-# (NVLink4 "900 GB/s" is 450 each way); PCIe cards get their PCIe figure (Gen4 x16 32, Gen5 64).
-# H100/H200: 800 of 989 TFLOP/s bf16 measured for an 8192^3 matmul on an H200 (../shared/calibration).
+# Memory: torch.cuda.get_device_properties(i).total_memory in MiB, as torch prints it
+# ("_CudaDeviceProperties(name='NVIDIA H100 80GB HBM3', ..., total_memory=81089MB"), seen in public logs;
+# "est." where only nvidia-smi's memory.total was found (torch reports ~450 MiB less). AMD: per device
+# torch sees (an MI250X is two GCDs). Peaks: dense tensor-core TFLOP/s (no sparsity), fp32 without
+# tensor cores. Links: per-GPU unidirectional bandwidth, the ceiling of nccl-tests' busbw (NVLink4's
+# "900 GB/s" is 450 each way); PCIe cards get their PCIe figure (Gen4 x16 32 GB/s, Gen5 64).
+# H100/H200 matmul_efficiency: 800 of 989 TFLOP/s bf16 measured for an 8192^3 matmul on an H200
+# (DESIGN.md, calibration); the other cards keep the unmeasured default.
 _CARDS = (
     # NVIDIA H100 SXM5 datasheet: 989 bf16/fp16, 67 fp32, HBM3 3.35 TB/s, NVLink4 900 GB/s bidirectional.
-    _card("H100-80GB", 79.11, 989.0, 989.0, 67.0, 3350.0, 450.0, matmul_efficiency=0.81),
+    _card("H100-80GB", 81089, 989.0, 989.0, 67.0, 3350.0, 450.0, matmul_efficiency=0.81),
     # NVIDIA H100 PCIe datasheet: 756 bf16/fp16, 51 fp32, HBM2e 2.0 TB/s, PCIe Gen5 x16.
-    _card("H100-PCIe", 79.11, 756.0, 756.0, 51.0, 2000.0, 64.0, matmul_efficiency=0.81),
-    # NVIDIA H200 SXM datasheet: H100 compute, 141 GB HBM3e 4.8 TB/s, NVLink4.
-    _card("H200", 139.81, 989.0, 989.0, 67.0, 4800.0, 450.0, matmul_efficiency=0.81),
-    # NVIDIA GH200 datasheet (96 GB HBM3 version): H100 compute, 4.0 TB/s, NVLink4. Memory estimated.
-    _card("GH200", 95.0, 989.0, 989.0, 67.0, 4000.0, 450.0, matmul_efficiency=0.81),
-    # NVIDIA A100 datasheet: 312 bf16/fp16, 19.5 fp32; SXM 80 GB HBM2e 2039 GB/s, 40 GB 1555 GB/s; NVLink3 600 bidir.
-    _card("A100-80GB", 79.15, 312.0, 312.0, 19.5, 2039.0, 300.0),
-    _card("A100-40GB", 39.59, 312.0, 312.0, 19.5, 1555.0, 300.0),
+    _card("H100-PCIe", 81008, 756.0, 756.0, 51.0, 2000.0, 64.0, matmul_efficiency=0.81),
+    # NVIDIA H200 SXM datasheet: H100 compute, 141 GB HBM3e 4.8 TB/s, NVLink4 (torch OOM: "139.81 GiB").
+    _card("H200", 143165, 989.0, 989.0, 67.0, 4800.0, 450.0, matmul_efficiency=0.81),
+    # NVIDIA GH200 datasheet (96 GB HBM3 version): H100 compute, 4.0 TB/s, NVLink4. Memory est. (smi 97871).
+    _card("GH200", 97400, 989.0, 989.0, 67.0, 4000.0, 450.0, matmul_efficiency=0.81),
+    # NVIDIA A100 datasheet: 312 bf16/fp16, 19.5 fp32; 80 GB HBM2e 2039 GB/s, 40 GB 1555 GB/s; NVLink3 600 bidir.
+    _card("A100-80GB", 81152, 312.0, 312.0, 19.5, 2039.0, 300.0),  # torch OOM: "79.25 GiB total capacity"
+    _card("A100-40GB", 40536, 312.0, 312.0, 19.5, 1555.0, 300.0),
     # NVIDIA V100 SXM2 datasheet: 125 fp16 tensor, 15.7 fp32, HBM2 900 GB/s, NVLink2 300 GB/s bidir; no bf16.
-    _card("V100-32GB", 31.75, 15.7, 125.0, 15.7, 900.0, 150.0, bf16_native=False),
-    _card("V100-16GB", 15.78, 15.7, 125.0, 15.7, 900.0, 150.0, bf16_native=False),
+    _card("V100-32GB", 32510, 15.7, 125.0, 15.7, 900.0, 150.0, bf16_native=False),  # est.
+    _card("V100-16GB", 16160, 15.7, 125.0, 15.7, 900.0, 150.0, bf16_native=False),
     # NVIDIA T4 datasheet: 65 fp16 tensor, 8.1 fp32, GDDR6 320 GB/s, PCIe Gen3 x16; no bf16.
-    _card("T4", 14.75, 8.1, 65.0, 8.1, 320.0, 16.0, bf16_native=False),
-    # NVIDIA L4 datasheet: 121 bf16/fp16 dense (242 sparse), 30.3 fp32, GDDR6 300 GB/s, PCIe Gen4.
-    _card("L4", 22.05, 121.0, 121.0, 30.3, 300.0, 32.0),
+    _card("T4", 15109, 8.1, 65.0, 8.1, 320.0, 16.0, bf16_native=False),
+    # NVIDIA L4 datasheet: 121 bf16/fp16 dense (242 sparse), 30.3 fp32, GDDR6 300 GB/s, PCIe Gen4. est. (smi 23034)
+    _card("L4", 22580, 121.0, 121.0, 30.3, 300.0, 32.0),
     # NVIDIA L40S datasheet: 362 bf16/fp16 dense (733 sparse), 91.6 fp32, GDDR6 864 GB/s, PCIe Gen4.
-    _card("L40S", 44.4, 362.0, 362.0, 91.6, 864.0, 32.0),
+    _card("L40S", 45589, 362.0, 362.0, 91.6, 864.0, 32.0),
     # NVIDIA A10 datasheet (AWS A10G is a lower-clocked A10; nominal): 125 bf16/fp16, 31.2 fp32, 600 GB/s, PCIe Gen4.
-    _card("A10G", 22.19, 125.0, 125.0, 31.2, 600.0, 32.0),
+    _card("A10G", 22587, 125.0, 125.0, 31.2, 600.0, 32.0),
     # NVIDIA Ada whitepaper, RTX 4090: 165 bf16/fp16 with fp32 accumulate, 82.6 fp32, 1008 GB/s, PCIe Gen4, no P2P.
-    _card("RTX-4090", 23.65, 165.2, 165.2, 82.6, 1008.0, 32.0),
+    _card("RTX-4090", 24563, 165.2, 165.2, 82.6, 1008.0, 32.0),
     # AMD MI250X datasheet, per GCD (half the OAM): 191.5 bf16/fp16, 23.9 fp32 vector, 1.6 TB/s, Infinity Fabric.
-    _card("MI250X", 63.98, 191.5, 191.5, 23.9, 1600.0, 100.0),
+    _card("MI250X", 65520, 191.5, 191.5, 23.9, 1600.0, 100.0),
     # AMD MI300X datasheet: 1307 bf16/fp16 dense, 163.4 fp32, HBM3 5.3 TB/s, Infinity Fabric 896 GB/s bidir.
-    _card("MI300X", 191.98, 1307.4, 1307.4, 163.4, 5300.0, 448.0),
+    _card("MI300X", 196592, 1307.4, 1307.4, 163.4, 5300.0, 448.0),
     # CPU processes (gloo) for runs without a GPU: nominal figures, a few GB and ~0.2 TFLOP/s per process.
-    _card("CPU", 4.0, 0.2, 0.2, 0.2, 20.0, 5.0, matmul_efficiency=1.0),
+    _card("CPU", 4096, 0.2, 0.2, 0.2, 20.0, 5.0, matmul_efficiency=1.0),
 )
 CATALOG: dict[str, GPUType] = {g.name: g for g in _CARDS}
 

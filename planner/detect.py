@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from .cluster import CATALOG, Cluster, GPUType, find_gpu
@@ -111,6 +112,8 @@ def gpu_from_name(name: str, memory_bytes: int | None = None) -> GPUType:
             gpu = CATALOG[card]
             if card in ("A100-40GB", "V100-16GB") and memory_bytes and memory_bytes > 1.5 * gpu.memory_bytes:
                 gpu = CATALOG["A100-80GB" if card == "A100-40GB" else "V100-32GB"]  # name without the size
+            if memory_bytes and abs(memory_bytes - gpu.memory_bytes) > 0.1 * gpu.memory_bytes:
+                gpu = replace(gpu, memory_bytes=int(memory_bytes))  # a variant (GH200 144G): trust the device
             return gpu
     if memory_bytes is None:
         raise ValueError(f"unknown GPU {name!r} and no memory size for it: give --cluster NxTYPE and --gpu-memory")

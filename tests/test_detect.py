@@ -160,6 +160,8 @@ def test_unknown_card_keeps_its_name_and_memory():
     c = cluster_from_nvidia_smi("NVIDIA RTX A6000, 49140\nNVIDIA RTX A6000, 49140\n")
     assert (c.gpus_per_node, c.gpu.name, c.gpu.memory_bytes) == (2, "NVIDIA-RTX-A6000", 49140 * 2**20)
     assert gpu_from_name("Tesla V100-PCIE", 32 * 2**30).name == "V100-32GB"  # size from memory when not in the name
+    gh200_144 = gpu_from_name("NVIDIA GH200 144G HBM3e", 146831 * 2**20)  # a variant: the device's memory wins
+    assert (gh200_144.name, gh200_144.memory_bytes, gh200_144.bf16_tflops) == ("GH200", 146831 * 2**20, 989.0)
     with pytest.raises(ValueError, match="--gpu-memory"):
         gpu_from_name("Mystery Card")
 
