@@ -104,12 +104,12 @@ _CARDS = (
     _card("L4", 22580, 121.0, 121.0, 30.3, 300.0, 32.0),
     # NVIDIA L40S datasheet: 362 bf16/fp16 dense (733 sparse), 91.6 fp32, GDDR6 864 GB/s, PCIe Gen4.
     _card("L40S", 45589, 362.0, 362.0, 91.6, 864.0, 32.0),
-    # NVIDIA A10 datasheet (AWS A10G is a lower-clocked A10; nominal): 125 bf16/fp16, 31.2 fp32, 600 GB/s, PCIe Gen4.
-    _card("A10G", 22587, 125.0, 125.0, 31.2, 600.0, 32.0),
+    # AWS's A10 variant (Baseten, "NVIDIA A10 vs A10G"): 70 bf16/fp16 tensor, 35 fp32, 600 GB/s, PCIe Gen4.
+    _card("A10G", 22587, 70.0, 70.0, 35.0, 600.0, 32.0),
     # NVIDIA Ada whitepaper, RTX 4090: 165 bf16/fp16 with fp32 accumulate, 82.6 fp32, 1008 GB/s, PCIe Gen4, no P2P.
     _card("RTX-4090", 24563, 165.2, 165.2, 82.6, 1008.0, 32.0),
-    # AMD MI250X datasheet, per GCD (half the OAM): 191.5 bf16/fp16, 23.9 fp32 vector, 1.6 TB/s, Infinity Fabric.
-    _card("MI250X", 65520, 191.5, 191.5, 23.9, 1600.0, 100.0),
+    # AMD MI250X datasheet, per GCD (half the OAM): 191.5 bf16/fp16, 23.9 fp32 vector, 1.64 TB/s; link nominal.
+    _card("MI250X", 65520, 191.5, 191.5, 23.9, 1638.0, 100.0),
     # AMD MI300X datasheet: 1307 bf16/fp16 dense, 163.4 fp32, HBM3 5.3 TB/s, Infinity Fabric 896 GB/s bidir.
     _card("MI300X", 196592, 1307.4, 1307.4, 163.4, 5300.0, 448.0),
     # CPU processes (gloo) for runs without a GPU: nominal figures, a few GB and ~0.2 TFLOP/s per process.
@@ -123,7 +123,7 @@ ALIASES: dict[str, str] = {
     "H100-80GB-HBM3": "H100-80GB", "H100-PCIE-80GB": "H100-PCIe", "H200-141GB": "H200", "H200-SXM": "H200",
     "GH200-96GB": "GH200", "A100": "A100-80GB", "A100-SXM": "A100-80GB", "A100-SXM4-80GB": "A100-80GB",
     "A100-80G": "A100-80GB", "A100-40G": "A100-40GB", "A100-SXM4-40GB": "A100-40GB", "V100": "V100-32GB",
-    "V100-32G": "V100-32GB", "V100-16G": "V100-16GB", "A10": "A10G", "4090": "RTX-4090", "RTX4090": "RTX-4090",
+    "V100-32G": "V100-32GB", "V100-16G": "V100-16GB", "4090": "RTX-4090", "RTX4090": "RTX-4090",
     "MI250": "MI250X", "MI300": "MI300X",
 }
 _BY_KEY = {**{k.upper(): v for k, v in ALIASES.items()}, **{k.upper(): k for k in CATALOG}}

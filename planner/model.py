@@ -37,7 +37,7 @@ class ModelSpec:
     def __post_init__(self) -> None:
         for f in ("n_layers", "hidden", "n_heads", "n_kv_heads", "ffn_hidden", "vocab", "max_seq_len"):
             v = getattr(self, f)
-            if not isinstance(v, int) or v < 1:
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{self.name}: {f}({v!r}) must be a positive integer")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"{self.name}: n_kv_heads({self.n_kv_heads}) must divide n_heads({self.n_heads})")
