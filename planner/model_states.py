@@ -51,7 +51,8 @@ def persistent_small_params(model: ModelSpec, shape: StageShape, threshold: int)
     else:
         vectors = [h, h] + ([qkv, h] if model.attention_bias else []) + ([f, f, h] if model.mlp_bias else [])
     per_layer = sum(v for v in vectors if v < threshold)
-    return shape.layers * per_layer + (model.final_norm_params if shape.has_head else 0)
+    final = model.final_norm_params if shape.has_head and h < threshold else 0
+    return shape.layers * per_layer + final
 
 
 @lru_cache(maxsize=8192)

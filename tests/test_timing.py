@@ -1,0 +1,79 @@
+"""Step-time model: properties that must hold (no wall-clock assertions; accuracy is in test_memory.py's
+calibration test and benchmarks/accuracy.py)."""
+import pytest
+
+from shardplan.planner.cluster import CATALOG, Cluster
+from shardplan.planner.comm import step_comm
+from shardplan.planner.estimate import Training
+from shardplan.planner.gpu_time import gemm_s
+from shardplan.planner.layout import Layout
+from shardplan.planner.model import ModelSpec
+from shardplan.planner.timing import estimate_time
+
+GPT2_XL = ModelSpec("gpt2-xl", "gpt2", 48, 1600, 25, 25, 6400, 50257, 1024, True)
+LLAMA_8B = ModelSpec("llama-3.1-8b", "llama", 32, 4096, 32, 8, 14336, 128256, 8192, False)
+H100 = CATALOG["H100-80GB"]
+NODE = Cluster(1, 8, H100)
+TWO_NODES = Cluster(2, 8, H100)
+T = Training(seq_len=1024)
+
+
+def step(model=GPT2_XL, cluster=NODE, training=T, **layout):
+    return estimate_time(model, cluster, Layout(**layout), training)
+
+
+def test_step_time_grows_with_grad_accum():
+    times = [step(dp=8, zero_stage=1, micro_batch=4, grad_accum=m).step_s for m in (1, 2, 4, 8)]
+    assert times == sorted(times) and times[-1] > 4 * times[0]
+
+
+def test_bubble_is_zero_without_pipeline_and_shrinks_with_micro_batches():
+    assert step(dp=8, micro_batch=2).bubble_s == 0.0
+    t = Training(seq_len=4096)
+    bubbles = [step(LLAMA_8B, NODE, t, dp=2, pp=4, zero_stage=1, grad_accum=m) for m in (4, 16)]
+    assert all(b.bubble_s > 0 for b in bubbles)
+    # (p-1)/m of the ideal time: the bubble's share falls as micro-batches grow
+    shares = [b.bubble_s / b.compute_s for b in bubbles]
+    assert shares[1] < shares[0] and shares[0] == pytest.approx(3 / 4, rel=0.05)
+
+
+def test_data_parallel_volume_follows_nccl_conventions():
+    p = GPT2_XL.params
+    z0 = step(dp=8, zero_stage=0, micro_batch=1).comm_bytes
+    assert z0 == pytest.approx(2 * 7 / 8 * 2 * p, rel=1e-6)               # all-reduce 2(n-1)/n·S of bf16 grads
+    z2 = step(dp=8, zero_stage=2, micro_batch=1).comm_bytes
+    z3 = step(dp=8, zero_stage=3, micro_batch=1).comm_bytes
+    assert z2 == pytest.approx(z0, rel=1e-6) and z3 == pytest.approx(1.5 * z2, rel=1e-6)   # ZeRO paper §7
+    assert step(dp=1, micro_batch=1).comm_bytes == 0
+
+
+def test_tensor_parallel_all_reduces_and_node_boundaries():
+    t = step(dp=4, tp=2, micro_batch=2)
+    assert t.tp_comm_s > 0 and step(dp=8, micro_batch=2).tp_comm_s == 0
+    expected = 4 * 48 * 2 * (1 / 2) * (2 * 1024 * 1600 * 2)    # 4 per layer, 2(t-1)/t·b·s·h bf16
+    comm = step_comm(GPT2_XL, NODE, Layout(dp=4, tp=2, micro_batch=2), GPT2_XL.params, 1024, 2, 10**8)
+    assert comm.tp_bytes == pytest.approx(expected, rel=1e-6)
+    # the same data-parallel group across two nodes runs on the slower network
+    inside = step(cluster=NODE, dp=8, zero_stage=0, micro_batch=1).dp_comm_s
+    across = step(cluster=TWO_NODES, dp=16, zero_stage=0, micro_batch=1).dp_comm_s
+    assert across > 3 * inside
+
+
+def test_small_matmuls_run_far_below_the_ceiling():
+    big = 2 * 8192**3 / gemm_s(H100, 8192, 8192, 8192)
+    assert big == pytest.approx(H100.bf16_tflops * 1e12 * H100.matmul_efficiency, rel=0.01)
+    small = 2 * 1024 * 768 * 768 / gemm_s(H100, 1024, 768, 768)
+    assert small < 0.3 * big
+
+
+def test_recompute_and_offload_cost_time():
+    base = step(dp=8, zero_stage=2, micro_batch=4)
+    assert step(dp=8, zero_stage=2, micro_batch=4, checkpointing="full").compute_s > 1.2 * base.compute_s
+    assert step(dp=8, zero_stage=2, micro_batch=4, offload="optimizer").offload_s > 0 == base.offload_s
+
+
+def test_zero3_on_one_gpu_is_slower_than_zero2():
+    """Calibration (H200): ZeRO-3's per-module gather/release hooks cost ~40 ms per step for GPT-2 124M."""
+    small = ModelSpec("gpt2", "gpt2", 12, 768, 12, 12, 3072, 50304, 1024, True)
+    h200 = Cluster(1, 1, CATALOG["H200"])
+    assert step(small, h200, dp=1, zero_stage=3).step_s > 1.3 * step(small, h200, dp=1, zero_stage=2).step_s
