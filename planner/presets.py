@@ -81,7 +81,7 @@ def _normalise(name: str) -> str:
     n = name.strip().lower().rsplit("/", 1)[-1].replace("_", "-")
     if n.startswith("meta-llama-"):
         n = n[len("meta-"):]
-    for suffix in ("-hf",):
+    for suffix in ("-hf", "-chat", "-instruct"):  # fine-tuned variants keep the base shape
         if n.endswith(suffix):
             n = n[: -len(suffix)]
     return ALIASES.get(n, n)
@@ -144,6 +144,8 @@ def get_model(name_or_path: str, **overrides) -> ModelSpec:
     >>> get_model("llama-3-8b", layers=8).n_layers
     8
     """
+    if isinstance(name_or_path, os.PathLike):
+        name_or_path = os.fspath(name_or_path)
     if not isinstance(name_or_path, str) or not name_or_path.strip():
         raise ValueError(f"model({name_or_path!r}) must be a preset name or a config.json/model directory path")
     looks_like_path = os.sep in name_or_path or name_or_path.endswith(".json") or name_or_path.startswith(".")

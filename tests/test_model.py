@@ -117,6 +117,8 @@ def test_llama_31_context_is_the_long_one():
 @pytest.mark.parametrize("spelling,name", [("GPT2-XL", "gpt2-xl"), ("openai-community/gpt2", "gpt2"),
                                            ("meta-llama/Meta-Llama-3-8B", "llama-3-8b"),
                                            ("meta-llama/Llama-2-7b-hf", "llama-2-7b"),
+                                           ("meta-llama/Llama-2-70b-chat-hf", "llama-2-70b"),
+                                           ("meta-llama/Llama-3.1-8B-Instruct", "llama-3.1-8b"),
                                            ("mistralai/Mistral-7B-v0.1", "mistral-7b")])
 def test_preset_spellings(spelling, name):
     assert get_model(spelling) == PRESETS[name]
@@ -168,7 +170,7 @@ def test_hub_gpt2_config(tmp_path):
 
 
 def test_hub_llama31_config(tmp_path):
-    m = get_model(str(write_config(tmp_path, LLAMA31_8B_HUB)))
+    m = get_model(write_config(tmp_path, LLAMA31_8B_HUB))  # a Path works too
     assert m.to_dict() | {"name": "llama-3.1-8b"} == PRESETS["llama-3.1-8b"].to_dict()
     assert m.default_seq_len == 8192 and m.max_seq_len == 131072
 
