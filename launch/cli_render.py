@@ -29,9 +29,14 @@ def _layout_options(f):
 
 
 def _command_line(ctx: click.Context) -> str:
-    """The command as given (options in declaration order), for plan.json and the scripts' headers."""
+    """The command that produced the render, for plan.json and the scripts' headers: the process's own
+    argv when it is this command, else (called in-process) rebuilt from the options given, in declaration order."""
+    import sys
+
     from click.core import ParameterSource
 
+    if len(sys.argv) > 1 and sys.argv[1] == ctx.info_name:
+        return shlex.join(["shardplan"] + sys.argv[1:])
     words = ["shardplan", "render"]
     for param in ctx.command.params:
         if not isinstance(param, click.Option) or ctx.get_parameter_source(param.name) != ParameterSource.COMMANDLINE:

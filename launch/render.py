@@ -6,6 +6,7 @@ rename), so a failure never leaves a half-written run directory behind.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -177,8 +178,10 @@ def _parse_and_validate(text: str, est: Estimate, ctx: DsConfigContext) -> dict:
 
     # DeepSpeed's own parser too when it is installed (render runs without the [train] extra as well).
     use_deepspeed = importlib.util.find_spec("deepspeed") is not None
-    result = validate_config(config, world_size=est.layout.world_size, tp=est.layout.tp, pp=est.layout.pp,
-                             heads=est.model.n_heads, use_deepspeed=use_deepspeed)
+    # DeepSpeed logs to stdout (its handler binds the stream when first imported): keep stdout for --json.
+    with contextlib.redirect_stdout(sys.stderr):
+        result = validate_config(config, world_size=est.layout.world_size, tp=est.layout.tp, pp=est.layout.pp,
+                                 heads=est.model.n_heads, use_deepspeed=use_deepspeed)
     if result.errors:
         raise RenderError("rendered ds_config.json fails validation: " + "; ".join(str(p) for p in result.errors))
     return config

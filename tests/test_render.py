@@ -272,6 +272,30 @@ def test_cli_render_and_from_override(tmp_path):
     assert bad.exit_code == 2 and "Traceback" not in bad.output
 
 
+def test_cli_hosts_hostfile_and_json(tmp_path):
+    runner = CliRunner()
+    base = ["render", "--model", "gpt2", "--cluster", "2x8xA100-80GB", "--global-batch", "64"]
+    res = runner.invoke(main, base + ["--hosts", "a,b,c", "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "3 hosts" in res.output and not (tmp_path / "x").exists()
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("# the two nodes\nnode-a slots=8\nnode-b slots=8  # second\n")
+    out = tmp_path / "run"
+    res = runner.invoke(main, base + ["--hostfile", str(hostfile), "--out", str(out), "--json", "--steps", "20",
+                                      "--partition", "gpu", "--account", "acct"])
+    assert res.exit_code == 0, res.output
+    written = json.loads(res.output)
+    assert written["run_dir"] == str(out.resolve()) and "hostfile" in written["files"]
+    assert (out / "hostfile").read_text().splitlines()[1:] == ["node-a slots=8", "node-b slots=8"]
+    launch = (out / "launch.sh").read_text()
+    assert "--hostfile" in launch and "--master_addr node-a" in launch
+    cfg = json.loads((out / "ds_config.json").read_text())
+    assert cfg["scheduler"]["params"]["total_num_steps"] == 20
+    assert '#SBATCH --account="acct"' in (out / "job.sbatch").read_text()
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["command"] == ("shardplan render --model gpt2 --cluster 2x8xA100-80GB --global-batch 64 "
+                               f"--json --out {out} --hostfile {hostfile} --partition gpu --account acct --steps 20")
+
+
 ENGINE_SCRIPT = textwrap.dedent("""
     import json, sys, torch, deepspeed
     cfg = json.load(open(sys.argv[1]))
@@ -301,3 +325,54 @@ def test_rendered_ds_config_initialises_a_real_deepspeed_engine(tmp_path):
     out = subprocess.run([sys.executable, str(tmp_path / "engine.py"), str(tmp_path / "ds_config.json")],
                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert out.returncode == 0 and "ENGINE OK" in out.stdout, out.stdout[-3000:] + out.stderr[-3000:]
+
+
+def _slurm_conf() -> str | None:
+    """SLURM_CONF of the local test cluster (.ci/slurm.sh) when it is up; None otherwise."""
+    script = Path(__file__).resolve().parents[1] / ".ci" / "slurm.sh"
+    if not shutil.which("sbatch") or not script.exists():
+        return None
+    status = subprocess.run(["bash", str(script), "status"], capture_output=True, text=True, timeout=30)
+    if status.returncode:
+        return None
+    return subprocess.run(["bash", str(script), "conf"], capture_output=True, text=True, timeout=30).stdout.strip()
+
+
+@pytest.mark.slurm
+def test_job_sbatch_on_real_slurm_expands_node_rank_per_node_and_keeps_paths_literal(tmp_path):
+    """sbatch reads the quoted #SBATCH values (output path with spaces, quotes, $, backticks, %), srun starts one
+    task per node, each expands its own SLURM_NODEID, and "$@" reaches the program intact."""
+    conf = os.environ.get("SLURM_CONF") or _slurm_conf()
+    if not conf:
+        pytest.skip("no local SLURM test cluster (.ci/slurm.sh start)")
+    fake = tmp_path / "fake python"
+    fake.write_text('#!/bin/sh\nprintf \'%s\\0\' "$@" > "$ARGV_OUT-node$SLURM_NODEID"\n')
+    fake.chmod(0o755)
+    est = estimate(model="gpt2-tiny", cluster="2x1xCPU", dp=2)
+    run_dir = tmp_path / NASTY
+    render(PLAN, est, opts(run_dir, python=str(fake), time="00:05:00"))
+    env = {**os.environ, "SLURM_CONF": conf, "SHARDPLAN_MASTER_ADDR": "127.0.0.1", "ARGV_OUT": str(tmp_path / "argv")}
+    job = subprocess.run(["sbatch", "--parsable", str(run_dir / "job.sbatch"), "--resume", "a b"], env=env,
+                         capture_output=True, text=True, check=True, timeout=30).stdout.strip().split(";")[0]
+    import time
+
+    deadline = time.monotonic() + 120
+    state = ""
+    while time.monotonic() < deadline:
+        info = subprocess.run(["scontrol", "show", "job", job], env=env, capture_output=True, text=True).stdout
+        state = next((w.split("=", 1)[1] for w in info.split() if w.startswith("JobState=")), "")
+        if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"):
+            break
+        time.sleep(1)
+    assert state == "COMPLETED", info
+    spec = RunSpec(run_dir=str(run_dir), nodes=2, procs_per_node=1, cpu=True, python=str(fake), master_port=1,
+                   train_args=("--steps", "1000"))
+    for node in (0, 1):
+        got = (tmp_path / f"argv-node{node}").read_bytes().decode().split("\0")[:-1]
+        expected = list(torchrun_command(spec, node_rank=node).argv[1:]) + ["--resume", "a b"]
+        port = got[got.index("--master-port") + 1]
+        assert 20000 <= int(port) < 40000
+        expected[expected.index("--master-port") + 1] = port
+        assert got == expected
+    logs = run_dir / "logs"
+    assert (logs / f"slurm-{job}.out").exists() and (logs / f"slurm-{job}-node1.out").exists()
