@@ -1,7 +1,11 @@
 """`--cluster auto`: each source from real-format inputs (SLURM variables as sbatch sets them, DeepSpeed
 hostfiles, nvidia-smi CSV from real machines), host lists against the real `scontrol show hostnames`."""
+import json
+import os
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -199,3 +203,29 @@ def test_detect_cluster_order(tmp_path):
              "SLURM_JOB_NODELIST": "n[1-3]", "SLURM_NTASKS_PER_NODE": "1", "SLURM_CONF": str(tmp_path / "bad.conf")}
     c = detect_cluster(slurm)
     assert (c.source, c.hosts) == ("slurm", ("n1", "n2", "n3"))
+
+
+# ---- a real allocation on the local SLURM test cluster (.ci/slurm.sh), when it is up
+def _running_slurm_conf() -> str | None:
+    script = Path(__file__).resolve().parents[1] / ".ci" / "slurm.sh"
+    if os.environ.get("SLURM_CONF"):
+        return os.environ["SLURM_CONF"]
+    if not shutil.which("srun") or not script.exists():
+        return None
+    if subprocess.run(["bash", str(script), "status"], capture_output=True, timeout=30).returncode:
+        return None
+    return subprocess.run(["bash", str(script), "conf"], capture_output=True, text=True, timeout=30).stdout.strip()
+
+
+@pytest.mark.slurm
+def test_detect_inside_a_real_two_node_allocation():
+    conf = _running_slurm_conf()
+    if not conf:
+        pytest.skip("no local SLURM test cluster (.ci/slurm.sh start)")
+    code = ("import json; from shardplan.planner.detect import detect_cluster; c = detect_cluster(); "
+            "print(json.dumps([c.spec, c.hosts, c.source]))")
+    out = subprocess.run(["srun", "-N2", "--ntasks-per-node=1", "-t", "1", "--immediate=60", sys.executable, "-c", code],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "SLURM_CONF": conf})
+    assert out.returncode == 0, out.stderr[-2000:]
+    seen = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(seen) == 2 and all(s[0] == "2x1xCPU" and s[2] == "slurm" and len(s[1]) == 2 for s in seen), seen
