@@ -14,6 +14,11 @@ OFFLOAD = {"none": "no CPU offload", "optimizer": "optimizer offload to CPU",
            "optimizer+params": "optimizer and parameter offload to CPU"}
 
 
+def secs(x: float) -> str:
+    """Three significant digits without switching to exponents: 0.341, 10.1, 8530."""
+    return f"{x:.3f}" if x < 1 else f"{x:.2f}" if x < 10 else f"{x:.1f}" if x < 100 else f"{x:,.0f}"
+
+
 def value(layout: Layout, dim: str):
     v = getattr(layout, dim)
     return int(v) if dim == "zero_stage" else v
@@ -60,11 +65,11 @@ def versus(best: Estimate, alt: Option, alt_label: str, usable: float) -> str:
     less = (other.memory.peak_bytes - best.memory.peak_bytes) / GB
     if faster > TIE:
         text = f"{faster:.0%} faster than {alt_label}" if faster >= 0.095 else f"{faster:.1%} faster than {alt_label}"
-        text += f" ({best.step_time_s:.3g} s vs {other.step_time_s:.3g} s per step)"
+        text += f" ({secs(best.step_time_s)} s vs {secs(other.step_time_s)} s per step)"
         if less > 0.05:
             text += f" and {less:.1f} GB less per GPU"
         elif less < -0.05:
-            text += f", for {-less:.1f} GB more per GPU"
+            text += f", using {-less:.1f} GB more per GPU"
         return text
     slower = best.step_time_s / other.step_time_s - 1
     if less > 0.05:
@@ -94,7 +99,7 @@ def _extra(dim: str, best: Estimate, alt: Option | None, cluster: Cluster) -> st
         return extra
     if dim == "offload" and layout.offload != "none":
         return _host_memory(best, cluster)
-    if dim == "checkpointing" and alt and alt.layout.micro_batch != layout.micro_batch:
+    if dim == "checkpointing" and alt and alt.estimate and alt.layout.micro_batch != layout.micro_batch:
         return f"allows micro-batch {layout.micro_batch} instead of {alt.layout.micro_batch}"
     return ""
 

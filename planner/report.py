@@ -7,6 +7,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .estimate import Estimate
+from .reasons import secs
 
 GB = 1e9
 PARTS = (("params", "params_bytes", "blue"), ("grads", "grads_bytes", "magenta"),
@@ -63,12 +64,12 @@ def estimate_summary(e: Estimate, console: Console, title: str = "Layout") -> No
     console.print("  " + layout_line(e), style="bold cyan", highlight=False)
     console.print(memory_table(e))
     t = e.time
-    console.print(f"  step time [bold]{e.step_time_s:.3g} s[/bold]   tokens/s [bold]{e.tokens_per_s:,.0f}[/bold]"
+    console.print(f"  step time [bold]{secs(e.step_time_s)} s[/bold]   tokens/s [bold]{e.tokens_per_s:,.0f}[/bold]"
                   f"   MFU [bold]{e.mfu:.1%}[/bold]", highlight=False)
     parts = [("compute", t.compute_s), ("optimizer", t.optimizer_s), ("dp comm", t.dp_comm_s),
              ("tp comm", t.tp_comm_s), ("pp comm", t.pp_comm_s), ("bubble", t.bubble_s),
              ("offload", t.offload_s), ("overhead", t.overhead_s)]
-    shown = ", ".join(f"{name} {s:.3g} s" for name, s in parts if s > 0)
+    shown = ", ".join(f"{name} {secs(s)} s" for name, s in parts if s > 0)
     console.print(f"  [dim]{shown}; {t.comm_bytes / GB:.2f} GB communicated per GPU per step[/dim]",
                   highlight=False)
 
@@ -81,7 +82,7 @@ def candidates_table(candidates) -> Table:
         l = e.layout
         table.add_row(f"{l.dp}×{l.tp}×{l.pp}", str(int(l.zero_stage)), f"{l.micro_batch}×{l.grad_accum}",
                       l.checkpointing, l.offload, f"{e.memory.peak_bytes / GB:.1f}",
-                      f"{e.step_time_s:.3g}", f"{e.tokens_per_s:,.0f}", f"{e.mfu:.1%}")
+                      secs(e.step_time_s), f"{e.tokens_per_s:,.0f}", f"{e.mfu:.1%}")
     return table
 
 
@@ -115,7 +116,7 @@ def compare_table(rows) -> Table:
                       f"{l.micro_batch}×{l.grad_accum}", l.checkpointing + ("" if l.offload == "none" else
                                                                             f" +{l.offload} offload"),
                       f"{e.memory.peak_bytes / GB:.1f}", "yes" if e.fits else "[red]no[/red]",
-                      f"{e.step_time_s:.3g}", f"{e.tokens_per_s:,.0f}", f"{e.mfu:.1%}",
+                      secs(e.step_time_s), f"{e.tokens_per_s:,.0f}", f"{e.mfu:.1%}",
                       f"{e.time.comm_bytes / GB:.1f}", f"{bubble:.1%}")
     return table
 
