@@ -79,6 +79,8 @@ def versus(best: Estimate, alt: Option, alt_label: str, usable: float) -> str:
 
 def _extra(dim: str, best: Estimate, alt: Option | None, cluster: Cluster) -> str:
     layout = best.layout
+    if dim == "zero_stage" and layout.dp == 1:
+        return "with one data-parallel rank ZeRO has nothing to shard: the stages differ only in DeepSpeed's buffers"
     if dim == "tp" and layout.tp > 1:
         where = "stays inside a node" if cluster.nodes > 1 else "runs inside the node"
         return (f"tp={layout.tp} {where}: NVLink {cluster.gpu.nvlink_gbps:.0f} GB/s vs "
