@@ -15,7 +15,8 @@ LN_STAT_BYTES = 8          # LayerNorm/RMSNorm keep fp32 mean and rstd per token
 
 
 @lru_cache(maxsize=8192)
-def layer_saved_bytes(model: ModelSpec, tokens: int, tp: int, act_bytes: int, engine: str = "deepspeed") -> int:
+def layer_saved_bytes(model: ModelSpec, tokens: int, tp: int, act_bytes: int, engine: str = "deepspeed",
+                      sequence_parallel: bool = False) -> int:
     """Bytes autograd keeps for one transformer layer of one micro-batch of `tokens` tokens (no recompute).
 
     deepspeed: the model itself is cast to bf16/fp16, so every saved tensor is in that dtype (gpt2 with
@@ -37,6 +38,8 @@ def layer_saved_bytes(model: ModelSpec, tokens: int, tp: int, act_bytes: int, en
     else:
         mlp = 4 * tokens * f * b             # gate, up, silu(gate), silu(gate)*up (SwiGLU)
     lse = 4 * tokens * heads                 # flash attention's fp32 logsumexp per head and token
+    if sequence_parallel:                    # norms and residuals hold s/t tokens each
+        replicated /= tp
     stats = 2 * LN_STAT_BYTES * tokens
     return int(replicated + (qkv + attn_out + mlp) / tp + lse + stats)
 
@@ -47,29 +50,32 @@ def layer_backward_working_bytes(model: ModelSpec, tokens: int, tp: int, act_byt
     return int(2 * tokens * model.ffn_hidden * act_bytes / tp + 2 * tokens * model.hidden * act_bytes)
 
 
-def checkpoint_input_bytes(model: ModelSpec, tokens: int, act_bytes: int, engine: str = "deepspeed") -> int:
-    """Full recompute keeps only each block's input (the residual stream; fp32 under torch autocast)."""
-    return tokens * model.hidden * (4 if engine == "torch" else act_bytes)
+def checkpoint_input_bytes(model: ModelSpec, tokens: int, act_bytes: int, engine: str = "deepspeed",
+                           shards: int = 1) -> int:
+    """Full recompute keeps only each block's input (the residual stream; fp32 under torch autocast),
+    split over tp under sequence parallelism (shards = tp)."""
+    return tokens * model.hidden * (4 if engine == "torch" else act_bytes) // shards
 
 
-def final_norm_bytes(model: ModelSpec, tokens: int, act_bytes: int, engine: str = "deepspeed") -> int:
+def final_norm_bytes(model: ModelSpec, tokens: int, act_bytes: int, engine: str = "deepspeed",
+                     shards: int = 1) -> int:
     """The final norm's saved input and output (the LM-head matmul input)."""
     if engine == "torch":
         return tokens * model.hidden * (4 + 2) + LN_STAT_BYTES * tokens
-    return 2 * tokens * model.hidden * act_bytes + LN_STAT_BYTES * tokens
+    return (2 * tokens * model.hidden * act_bytes + LN_STAT_BYTES * tokens) // shards
 
 
-def loss_peak_bytes(model: ModelSpec, tokens: int) -> int:
+def loss_peak_bytes(model: ModelSpec, tokens: int, vocab_shards: int = 1) -> int:
     """Logits and cross-entropy at their largest: the first step of backward.
 
     The program computes logits in the model dtype, upcasts them to fp32 and runs log_softmax + nll_loss.
     log_softmax saves its fp32 output (4·b·s·V); its backward then holds that output, the incoming
     gradient and its own result at once: 12·b·s·V bytes (the forward's end holds 2 + 4 + 4 = 10).
     """
-    return 12 * tokens * model.vocab
+    return 12 * tokens * model.vocab // vocab_shards
 
 
-def tied_head_grad_bytes(model: ModelSpec, act_bytes: int) -> int:
+def tied_head_grad_bytes(model: ModelSpec, act_bytes: int, vocab_shards: int = 1) -> int:
     """The LM head's gradient w.r.t. a tied embedding waits in autograd's input buffer until the
     embedding's own gradient arrives at the end of backward (one V·h tensor in the model dtype)."""
-    return model.vocab * model.hidden * act_bytes if model.tied_embeddings else 0
+    return model.vocab * model.hidden * act_bytes // vocab_shards if model.tied_embeddings else 0

@@ -22,6 +22,14 @@ class Training:
     # Which ZeRO buffer sizes the ds_config carries: "shardplan" (what render writes, planner/ds_knobs.py)
     # or "deepspeed" (DeepSpeed's defaults: 5e8-element buckets, overlap_comm only for ZeRO-3).
     zero_buckets: str = "shardplan"
+    # Megatron/nanotron-style sequence parallelism with a vocabulary-parallel embedding and loss: norms,
+    # residuals and logits split over tp too (Korthikanti et al. 2022, 34/t). shardplan's own program
+    # (DeepSpeed AutoTP) runs without it; benchmarks/playbook.py turns it on for nanotron's runs.
+    sequence_parallel: bool = False
+    # Gradient accumulation dtype (ds_config data_types.grad_accum_dtype): "model" (DeepSpeed's default:
+    # the model dtype) or "fp32" (bf16 with ZeRO 0/1 then runs BF16_Optimizer with a full fp32 gradient
+    # buffer, as nanotron does by default).
+    grad_accum_dtype: str = "model"
 
     def __post_init__(self) -> None:
         if not isinstance(self.seq_len, int) or self.seq_len < 1:
@@ -34,6 +42,8 @@ class Training:
             raise ValueError(f"optimizer({self.optimizer!r}): only adamw is modelled")
         if self.engine not in ("deepspeed", "torch"):
             raise ValueError(f"engine({self.engine!r}) must be 'deepspeed' or 'torch'")
+        if self.grad_accum_dtype not in ("model", "fp32"):
+            raise ValueError(f"grad_accum_dtype({self.grad_accum_dtype!r}) must be 'model' or 'fp32'")
         if self.zero_buckets not in ("shardplan", "deepspeed"):
             raise ValueError(f"zero_buckets({self.zero_buckets!r}) must be 'shardplan' or 'deepspeed'")
 

@@ -78,7 +78,8 @@ def attention_s(gpu: GPUType, model: ModelSpec, micro_batch: int, seq: int, tp: 
     return 3.5 * fwd / (gpu.peak_tflops(precision) * 1e12 * FLASH_EFFICIENCY)
 
 
-def layer_elementwise_bytes(model: ModelSpec, tokens: int, tp: int, act_bytes: int, engine: str) -> float:
+def layer_elementwise_bytes(model: ModelSpec, tokens: int, tp: int, act_bytes: int, engine: str,
+                            sequence_parallel: bool = False) -> float:
     """HBM bytes of one layer's memory-bound kernels, forward + backward, counted kernel by kernel.
 
     Per token, in units of (hidden x act_bytes): forward — 2 norms (2 each), 2 residual adds (3 each), the
@@ -90,7 +91,7 @@ def layer_elementwise_bytes(model: ModelSpec, tokens: int, tp: int, act_bytes: i
     h, f = model.hidden, model.ffn_hidden
     r = f / h * (1.5 if model.arch == "llama" else 1.0)    # SwiGLU touches gate, up and product
     split = (4 + 8 + 6) / tp + 2 * r / tp + 3 * r / tp + r / tp      # parts that live on this rank's heads/ffn shard
-    replicated = 2 * 2 + 2 * 3 + 2 * 4 + 2 * 3 + 2
+    replicated = (2 * 2 + 2 * 3 + 2 * 4 + 2 * 3 + 2) / (tp if sequence_parallel else 1)
     per_token = (split + replicated) * h * act_bytes
     if engine == "torch":
         per_token *= 1.35     # fp32 residual stream and norms under autocast
@@ -106,7 +107,8 @@ def loss_bytes(model: ModelSpec, tokens: int) -> float:
 
 @lru_cache(maxsize=8192)
 def microbatch_gpu_s(gpu: GPUType, model: ModelSpec, layers: int, micro_batch: int, seq: int, tp: int,
-                     precision: str, engine: str, has_head: bool, recompute: str) -> float:
+                     precision: str, engine: str, has_head: bool, recompute: str,
+                     sequence_parallel: bool = False) -> float:
     """One micro-batch forward + backward on one pipeline stage. recompute: none | full | selective."""
     tokens = micro_batch * seq
     act_b = 2 if precision in ("bf16", "fp16") or engine == "torch" else 4
@@ -115,7 +117,7 @@ def microbatch_gpu_s(gpu: GPUType, model: ModelSpec, layers: int, micro_batch: i
     shapes = layer_gemms(model, tokens, tp)
     gemm = fwd_bwd_gemm_s(gpu, shapes, mm_prec)
     attn = attention_s(gpu, model, micro_batch, seq, tp, mm_prec)
-    elem = layer_elementwise_bytes(model, tokens, tp, act_b, engine) / bw
+    elem = layer_elementwise_bytes(model, tokens, tp, act_b, engine, sequence_parallel) / bw
     per_layer = gemm + attn + elem
     if recompute == "full":   # one more forward: the forward third of the GEMMs, 2/7 of attention, ~1/3 of the rest
         per_layer += sum(gemm_s(gpu, m, n, k, mm_prec) for m, n, k in shapes) + attn * 2 / 7 + elem / 3
@@ -123,5 +125,6 @@ def microbatch_gpu_s(gpu: GPUType, model: ModelSpec, layers: int, micro_batch: i
         per_layer += attn * 2 / 7
     total = layers * per_layer
     if has_head:
-        total += fwd_bwd_gemm_s(gpu, [(tokens, model.vocab, model.hidden)], mm_prec) + loss_bytes(model, tokens) / bw
+        v = model.vocab // tp if sequence_parallel else model.vocab     # vocabulary-parallel head and loss
+        total += fwd_bwd_gemm_s(gpu, [(tokens, v, model.hidden)], mm_prec) + loss_bytes(model, tokens) / bw * v / model.vocab
     return total

@@ -42,10 +42,12 @@ def _stage_phases(model: ModelSpec, shape: StageShape, layout: Layout, training:
     tokens = layout.micro_batch * training.seq_len
     m = layout.grad_accum
     inflight = min(layout.pp, m) if (first and layout.pp > 1) else 1
-    full_layer = layer_saved_bytes(model, tokens, layout.tp, act_b, engine)
+    sp = training.sequence_parallel
+    shards = layout.tp if sp else 1
+    full_layer = layer_saved_bytes(model, tokens, layout.tp, act_b, engine, sp)
     work = layer_backward_working_bytes(model, tokens, layout.tp, act_b)
     if layout.checkpointing == "full":
-        saved = checkpoint_input_bytes(model, tokens, act_b, engine)
+        saved = checkpoint_input_bytes(model, tokens, act_b, engine, shards)
         work += full_layer              # the layer being recomputed holds its whole working set again
     else:
         saved = full_layer
@@ -54,18 +56,18 @@ def _stage_phases(model: ModelSpec, shape: StageShape, layout: Layout, training:
         acts += 2 * (shape.params - model.embedding_params + model.vocab * model.hidden)  # autocast bf16 weight casts
     elif engine == "torch":
         acts += 2 * model.vocab * model.hidden
-    head = final_norm_bytes(model, tokens, act_b, engine) if shape.has_head else 0
+    head = final_norm_bytes(model, tokens, act_b, engine, shards) if shape.has_head else 0
     held = st.grads_persistent + (st.grads_held if m > 1 else 0)
     params = st.params + st.gathered
     always = st.buffers_always + runtime
     phases = []
     if shape.has_head:
-        loss = loss_peak_bytes(model, tokens)
+        loss = loss_peak_bytes(model, tokens, shards)
         phases.append(("loss", (params, held, st.optimizer, acts + head, always + loss)))
-    tied = tied_head_grad_bytes(model, act_b) if shape.has_head and shape.has_embedding else 0
+    tied = tied_head_grad_bytes(model, act_b, shards) if shape.has_head and shape.has_embedding else 0
     phases.append(("bwd_top", (params, held + tied, st.optimizer, acts + head + work, always + st.buffers_bwd)))
     rest = (inflight - 1) * shape.layers * saved
-    phases.append(("bwd_end", (params, st.grads_end, st.optimizer, rest + work, always + st.buffers_bwd)))
+    phases.append(("bwd_end", (params, st.grads_persistent + st.grads_end, st.optimizer, rest + work, always + st.buffers_bwd)))
     phases.append(("step", (st.params, st.step_grads, st.optimizer, 0, always + st.step_other)))
     return phases
 
@@ -78,11 +80,12 @@ def memory_phases(model: ModelSpec, cluster: Cluster, layout: Layout,
     knobs = zero_knobs(model.hidden, z, training.zero_buckets, cluster.gpu.name.upper() != "CPU")
     out = []
     for first in ((True, False) if layout.pp > 1 else (True,)):
-        shape = stage_shape(model, layout.tp, layout.pp, first)
+        shape = stage_shape(model, layout.tp, layout.pp, first, training.sequence_parallel)
         if training.engine == "torch":
             st = torch_states(model, shape)
         else:
-            st = deepspeed_states(model, shape, layout.dp, z, layout.offload, training.precision, layout.pp, knobs)
+            st = deepspeed_states(model, shape, layout.dp, z, layout.offload, training.precision, layout.pp, knobs,
+                                  training.grad_accum_dtype == "fp32")
         name = "first" if first and layout.pp > 1 else ("last" if layout.pp > 1 else "all")
         out += [(f"{name}/{ph}", parts) for ph, parts in _stage_phases(model, shape, layout, training, st, first,
                                                                         runtime)]

@@ -57,11 +57,17 @@ def persistent_small_params(model: ModelSpec, shape: StageShape, threshold: int)
 
 @lru_cache(maxsize=8192)
 def deepspeed_states(model: ModelSpec, shape: StageShape, dp: int, zero: int, offload: str, precision: str,
-                     pp: int, knobs: ZeroKnobs) -> StateBytes:
+                     pp: int, knobs: ZeroKnobs, fp32_grad_accum: bool = False) -> StateBytes:
     lp = 2 if precision in ("bf16", "fp16") else 4    # bytes of the model dtype
     up = 4 if lp < 4 else 0                           # an fp32 upcast copy exists only for mixed precision
     p = shape.params
     tied = model.vocab * model.hidden * lp if (model.tied_embeddings and shape.has_embedding and shape.has_head) else 0
+    if fp32_grad_accum and lp < 4 and zero <= 1 and offload == "none":
+        # BF16_Optimizer (engine._do_optimizer_sanity_check): a full fp32 gradient buffer from init, the
+        # low-precision grads until zero_grad, fp32 master + moments sharded over dp, step reads the
+        # buffer in place and adds only the foreach sqrt
+        return StateBytes(lp * p, 12 * p // dp, lp * p, lp * p, 0, 0, 4 * p + lp * p, 4 * p // dp,
+                          grads_persistent=4 * p)
     if zero == 0:
         if pp > 1 and lp < 4:
             # BF16_Optimizer: flat bf16 weights + flat hp grads (bf16 unless grad_accum_dtype says fp32)
@@ -101,7 +107,7 @@ def deepspeed_states(model: ModelSpec, shape: StageShape, dp: int, zero: int, of
     scatter = knobs.reduce_bucket * lp if dp > 1 else 0    # reduce-scatter staging next to the bucket
     # the step upcasts one sub-group (flat lp + fp32 = 6 B), then Adam holds fp32 grad + sqrt (8 B)
     sub = min(part + small, knobs.sub_group) if offload == "none" else 0
-    return StateBytes(params, opt, 0, grads, scatter, knobs.reduce_bucket * lp, grads + 4 * sub, 4 * sub,
+    return StateBytes(params, opt, 0, 0, scatter, knobs.reduce_bucket * lp, grads + 4 * sub, 4 * sub,
                       gathered, grads_persistent=grads)
 
 

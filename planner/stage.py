@@ -34,26 +34,29 @@ def layer_params_on_rank(model: ModelSpec, tp: int) -> int:
 
 
 @lru_cache(maxsize=8192)
-def stage_shape(model: ModelSpec, tp: int, pp: int, first: bool) -> StageShape:
+def stage_shape(model: ModelSpec, tp: int, pp: int, first: bool, vocab_parallel: bool = False) -> StageShape:
     """The first (first=True) or last pipeline stage. With pp=1 both are the whole model.
 
     Layers per stage are ceil(L/pp): the worst stage. The embedding is replicated over tp (AutoTP shards
-    nn.Linear modules only; the tied LM head is a matmul with wte.weight, not a Linear).
+    nn.Linear modules only; the tied LM head is a matmul with wte.weight, not a Linear) unless
+    vocab_parallel (Megatron/nanotron split the vocabulary rows over tp).
     """
+    vshard = tp if vocab_parallel else 1
     layers = ceil(model.n_layers / pp)
     per_layer = layer_params_on_rank(model, tp)
     has_emb = first or pp == 1
     has_head = (not first) or pp == 1
     params = layers * per_layer
+    vh = model.vocab * model.hidden // vshard
     if has_emb:
-        params += model.embedding_params
+        params += model.embedding_params - model.vocab * model.hidden + vh
     if has_head:
         params += model.final_norm_params
         if not model.tied_embeddings:
-            params += model.vocab * model.hidden
+            params += vh
         elif pp > 1:
-            params += model.vocab * model.hidden   # TiedLayerSpec: the last stage keeps its own copy of wte
+            params += vh   # TiedLayerSpec: the last stage keeps its own copy of wte
     h, f = model.hidden, model.ffn_hidden
     biggest_matrix = max(h * (model.n_heads + 2 * model.n_kv_heads) * model.head_dim, h * f) // tp
-    largest = max(biggest_matrix, model.vocab * model.hidden if (has_emb or has_head) else 0)
+    largest = max(biggest_matrix, vh if (has_emb or has_head) else 0)
     return StageShape(params, layers, has_emb, has_head, largest, per_layer)

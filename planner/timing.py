@@ -65,11 +65,12 @@ def estimate_time(model: ModelSpec, cluster: Cluster, layout: Layout, training: 
     m, pp, tp, dp = layout.grad_accum, layout.pp, layout.tp, layout.dp
     z = int(layout.zero_stage)
     engine = training.engine
-    shape = stage_shape(model, tp, pp, first=True)
-    last = stage_shape(model, tp, pp, first=False)
+    sp = training.sequence_parallel
+    shape = stage_shape(model, tp, pp, True, sp)
+    last = stage_shape(model, tp, pp, False, sp)
     # the slower stage sets the pipeline's pace: the first (embedding) or the last (head + loss)
     mb_gpu = max(microbatch_gpu_s(gpu, model, s.layers, layout.micro_batch, training.seq_len, tp,
-                                  training.precision, engine, s.has_head, layout.checkpointing)
+                                  training.precision, engine, s.has_head, layout.checkpointing, sp)
                  for s in ((shape, last) if pp > 1 else (shape,)))
     ops = shape.layers * OPS_PER_LAYER + OPS_HEAD
     ckpt_host = shape.layers * (CKPT_BLOCK_S + 16 * HOST_OP_S) if layout.checkpointing == "full" else 0.0

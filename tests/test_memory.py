@@ -171,3 +171,20 @@ def test_calibration_points_within_targets():
     s = summary(points)["all"]
     assert s["step_mape"] <= 0.15, s                   # step time: mean within 15% ...
     assert s["step_max_abs_err"] <= 0.35, s            # ... and no point wildly off (known misses: README)
+
+
+def test_sequence_parallel_splits_the_replicated_activations_and_the_loss():
+    t, sp = Training(seq_len=4096), Training(seq_len=4096, sequence_parallel=True)
+    layout = Layout(dp=1, tp=8, micro_batch=1)
+    plain, split = (dict(memory_phases(LLAMA_8B, NODE, layout, x))["all/loss"] for x in (t, sp))
+    assert split[3] < plain[3] / 2          # activations: norms and residuals now split over tp too
+    assert split[4] < plain[4] / 4          # other: the fp32 logits are vocabulary-parallel
+
+
+def test_fp32_grad_accumulation_keeps_a_full_fp32_gradient_buffer():
+    """bf16 + data_types.grad_accum_dtype fp32 at ZeRO-1 runs DeepSpeed's BF16_Optimizer: 4 B/param of
+    gradients that ZeRO-1 does not shard."""
+    layout = Layout(dp=8, zero_stage=1, micro_batch=1)
+    model_dtype = estimate_memory(GPT2_XL, NODE, layout, Training())
+    fp32 = estimate_memory(GPT2_XL, NODE, layout, Training(grad_accum_dtype="fp32"))
+    assert fp32.grads_bytes >= 4 * GPT2_XL.params > model_dtype.grads_bytes
