@@ -117,7 +117,7 @@ def compare_table(rows) -> Table:
                                                                             f" +{l.offload} offload"),
                       f"{e.memory.peak_bytes / GB:.1f}", "yes" if e.fits else "[red]no[/red]",
                       secs(e.step_time_s), f"{e.tokens_per_s:,.0f}", f"{e.mfu:.1%}",
-                      f"{e.time.comm_bytes / GB:.1f}", f"{bubble:.1%}")
+                      f"{e.time.comm_bytes / GB:.1f}", f"{bubble:.1%}", style=None if e.fits else "dim")
     return table
 
 
@@ -125,5 +125,5 @@ def print_compare(rows, console: Console | None = None) -> None:
     console = console or Console()
     console.print(compare_table(rows))
     console.print("[dim]★ fastest that fits. Each method at its best micro-batch and checkpointing; "
-                  "a method where nothing fits shows its leanest layout. GB/GPU: predicted peak; "
+                  "a method where nothing fits shows its leanest layout (dimmed). GB/GPU: predicted peak; "
                   "comm GB: sent per GPU per step; bubble: share of the step.[/dim]")
