@@ -7,6 +7,7 @@ rename), so a failure never leaves a half-written run directory behind.
 from __future__ import annotations
 
 import contextlib
+import importlib.resources
 import importlib.util
 import json
 import os
@@ -95,7 +96,8 @@ def _is_cpu(est: Estimate) -> bool:
 def _environment():
     import jinja2
 
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(Path(__file__).resolve().parents[1] / "templates")),
+    templates = importlib.resources.files("shardplan.templates")  # package data, installed or editable
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates)),
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
     env.filters.update(q=shell_quote, shjoin=shell_join, sbatch=_sbatch_value, comment=_comment)
     return env

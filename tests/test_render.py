@@ -314,9 +314,12 @@ ENGINE_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_rendered_ds_config_initialises_a_real_deepspeed_engine(tmp_path):
+@pytest.mark.parametrize("layout", [dict(zero_stage=2, micro_batch=2, grad_accum=2),
+                                    dict(zero_stage=3, offload="optimizer+params", checkpointing="full")],
+                         ids=["z2-bf16", "z3-offload"])
+def test_rendered_ds_config_initialises_a_real_deepspeed_engine(tmp_path, layout):
     """Single process, gloo, world 1: the rendered config is one DeepSpeed accepts and trains with."""
-    est = estimate(model="gpt2-tiny", cluster="1xCPU", dp=1, zero_stage=2, micro_batch=2, grad_accum=2)
+    est = estimate(model="gpt2-tiny", cluster="1xCPU", dp=1, **layout)
     files = render_files(PLAN, est, opts(tmp_path / "run"), tmp_path / "run")
     (tmp_path / "ds_config.json").write_text(files["ds_config.json"])
     (tmp_path / "engine.py").write_text(ENGINE_SCRIPT)
