@@ -73,7 +73,9 @@ def versus(best: Estimate, alt: Option, alt_label: str, usable: float) -> str:
         return text
     slower = best.step_time_s / other.step_time_s - 1
     if less > 0.05:
-        return f"{less:.1f} GB less per GPU than {alt_label} for {_pct(slower)} step time"
+        timing = ("at the same step time" if abs(slower) < 0.0005 else f"for {_pct(slower)} step time" if slower > 0
+                  else f"and {-slower:.1%} faster")
+        return f"{less:.1f} GB less per GPU than {alt_label} {timing}"
     return f"as fast as {alt_label} (within {TIE:.0%}) and no more memory"
 
 
