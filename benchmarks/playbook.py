@@ -119,8 +119,14 @@ def main() -> int:
     points = [predict(r) for r in rows]
     summ = summarize(points)
     OUT.parent.mkdir(parents=True, exist_ok=True)
+    columns = ["model", "nodes", "dp", "tp", "pp", "zero", "mbs", "gas", "predicted_peak_gib", "measured_gib",
+               "predicted_fits", "ran", "predicted_tok_s_gpu", "measured_tok_s_gpu"]
+    table = [[p["model"], p["nodes"], p["layout"]["dp"], p["layout"]["tp"], p["layout"]["pp"],
+              p["layout"]["zero_stage"], p["layout"]["micro_batch"], p["layout"]["grad_accum"],
+              round(p["predicted_peak_gib"], 2), p["measured_gib"], p["predicted_fits"], p["ran"],
+              round(p["predicted_tok_s_gpu"]), p["measured_tok_s_gpu"]] for p in points]
     OUT.write_text(json.dumps({"summary": summ, "models": {k: m.to_dict() for k, m in MODELS.items()},
-                               "points": points}) + "\n")
+                               "columns": columns, "points": table}) + "\n")
     if args.json:
         print(json.dumps(summ, indent=1))
         return 0

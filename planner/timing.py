@@ -98,10 +98,12 @@ def estimate_time(model: ModelSpec, cluster: Cluster, layout: Layout, training: 
             opt_host_serial, ds_host = ds_host + tensors * SYNC_S, 0.0
     # forward/backward + ZeRO host work race the GPU; what does not hide is a share of the shorter one
     host = host_fb + ds_host
-    device = gpu_fb + (opt_gpu if z != 0 or engine == "torch" else 0.0)
-    fb = max(host, device) + OVERLAP_LEFT * min(host, device)
+    overlapped_opt = opt_gpu if (z != 0 or engine == "torch") else 0.0
+    device = gpu_fb + overlapped_opt
+    race = max(host, device) + OVERLAP_LEFT * min(host, device)
     compute_s = gpu_fb
-    optimizer_s = fb - gpu_fb + opt_host_serial + (opt_gpu if z == 0 and engine != "torch" else 0.0)
+    optimizer_s = opt_gpu + opt_host_serial
+    overhead_s = race - device          # host time (Python, hooks, launches) the GPU waits for
     knobs = zero_knobs(model.hidden, z, training.zero_buckets, gpu.name.upper() != "CPU")
     comm = step_comm(model, cluster, layout, shape.params, training.seq_len, act_bytes, knobs.reduce_bucket)
     backward_s = gpu_fb * 2 / 3
@@ -109,5 +111,5 @@ def estimate_time(model: ModelSpec, cluster: Cluster, layout: Layout, training: 
     dp_s = comm.dp_s - hidden
     bubble = (pp - 1) * mb_gpu if pp > 1 else 0.0          # 1F1B: (p-1) micro-batch slots idle
     return TimeBreakdown(compute_s=compute_s, optimizer_s=optimizer_s, dp_comm_s=dp_s, tp_comm_s=comm.tp_s,
-                         pp_comm_s=comm.pp_s, bubble_s=bubble, offload_s=offload_s, overhead_s=0.0,
+                         pp_comm_s=comm.pp_s, bubble_s=bubble, offload_s=offload_s, overhead_s=overhead_s,
                          comm_bytes=comm.dp_bytes + comm.tp_bytes + comm.pp_bytes)
