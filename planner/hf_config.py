@@ -11,15 +11,15 @@ from pathlib import Path
 
 from .model import ModelSpec
 
-# model_type -> (which attention biases it has, whether it reads mlp_bias). Only types whose layer shape
-# the "llama" arch reproduces exactly (RMSNorm with a weight, q/k/v/o, 3-matrix gated MLP, no q/k norms);
+# model_type -> (which attention biases it has, whether it reads mlp_bias, per-head q/k RMSNorm). Only types
+# whose layer shape the "llama" arch reproduces exactly (RMSNorm with a weight, q/k/v/o, 3-matrix gated MLP);
 # tests/test_model.py checks each, biases on and off, against transformers' model on the meta device.
 #   "flag": q/k/v/o biases when attention_bias;
 #   "qkv": q/k/v biases always (Qwen2Attention); "none": no biases whatever the config says.
-LLAMA_LIKE: dict[str, tuple[str, bool]] = {
-    "llama": ("flag", True), "granite": ("flag", True), "smollm3": ("flag", True),
-    "gemma": ("flag", False), "mistral": ("none", False), "ministral": ("none", False), "phi3": ("none", False),
-    "qwen2": ("qkv", False),
+LLAMA_LIKE: dict[str, tuple[str, bool, bool]] = {
+    "llama": ("flag", True, False), "granite": ("flag", True, False), "smollm3": ("flag", True, False),
+    "gemma": ("flag", False, False), "mistral": ("none", False, False), "ministral": ("none", False, False),
+    "phi3": ("none", False, False), "qwen2": ("qkv", False, False), "qwen3": ("flag", False, True),
 }
 # GPT-2 layout: LayerNorm with bias, learned positions, 2-matrix MLP, biases everywhere.
 GPT2_LIKE: frozenset[str] = frozenset({"gpt2"})
@@ -139,8 +139,8 @@ def _gpt2_spec(name: str, cfg) -> ModelSpec:
                      tied_embeddings=bool(getattr(cfg, "tie_word_embeddings", True)))
 
 
-def _llama_spec(name: str, cfg, raw: dict, kind: tuple[str, bool]) -> ModelSpec:
-    biases, reads_mlp_bias = kind
+def _llama_spec(name: str, cfg, raw: dict, kind: tuple[str, bool, bool]) -> ModelSpec:
+    biases, reads_mlp_bias, qk_norm = kind
     bias_flag = bool(getattr(cfg, "attention_bias", False))
     hidden, heads = _need(cfg, "hidden_size"), _need(cfg, "num_attention_heads")
     head_dim = getattr(cfg, "head_dim", None) or 0
@@ -153,5 +153,5 @@ def _llama_spec(name: str, cfg, raw: dict, kind: tuple[str, bool]) -> ModelSpec:
                      max_seq_len=context, tied_embeddings=bool(getattr(cfg, "tie_word_embeddings", False)),
                      head_dim=head_dim, attention_bias=biases == "flag" and bias_flag,
                      qkv_bias_only=biases == "qkv",
-                     mlp_bias=reads_mlp_bias and bool(getattr(cfg, "mlp_bias", False)),
+                     mlp_bias=reads_mlp_bias and bool(getattr(cfg, "mlp_bias", False)), qk_norm=qk_norm,
                      default_seq_len=_pretrained_seq_len(raw, context))

@@ -30,6 +30,7 @@ class ModelSpec:
     attention_bias: bool = False  # llama-style q/k/v/o biases (Qwen2 has q/k/v only; see qkv_bias_only)
     qkv_bias_only: bool = False
     mlp_bias: bool = False
+    qk_norm: bool = False        # llama-style RMSNorm on each head's q and k (Qwen3): 2·head_dim per layer
     # Sequence length the model is usually trained at (the planner's default --seq-len); 0 means
     # max_seq_len. Llama 3.1 has a 131072-token context but was pre-trained at 8192.
     default_seq_len: int = 0
@@ -78,7 +79,7 @@ class ModelSpec:
             elif self.qkv_bias_only:
                 attn += q + 2 * kv
             mlp = 3 * h * self.ffn_hidden + (2 * self.ffn_hidden + h if self.mlp_bias else 0)
-            norms = 2 * h
+            norms = 2 * h + (2 * self.head_dim if self.qk_norm else 0)
         return attn + mlp + norms
 
     @property
@@ -107,7 +108,7 @@ class ModelSpec:
                 "ffn_hidden": self.ffn_hidden, "vocab": self.vocab, "max_seq_len": self.max_seq_len,
                 "tied_embeddings": self.tied_embeddings, "head_dim": self.head_dim,
                 "attention_bias": self.attention_bias, "qkv_bias_only": self.qkv_bias_only,
-                "mlp_bias": self.mlp_bias, "default_seq_len": self.default_seq_len}
+                "mlp_bias": self.mlp_bias, "qk_norm": self.qk_norm, "default_seq_len": self.default_seq_len}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelSpec":

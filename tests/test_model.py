@@ -160,6 +160,15 @@ QWEN2_05B_HUB = {  # Qwen/Qwen2-0.5B config.json, as published (q/k/v biases, ti
     "rope_theta": 1000000.0, "sliding_window": 131072, "tie_word_embeddings": True, "torch_dtype": "bfloat16",
     "transformers_version": "4.40.1", "use_cache": True, "use_sliding_window": False, "vocab_size": 151936}
 
+QWEN3_06B_HUB = {  # Qwen/Qwen3-0.6B config.json, as published (head_dim 128 > hidden/heads, q/k norms, tied)
+    "architectures": ["Qwen3ForCausalLM"], "attention_bias": False, "attention_dropout": 0.0, "bos_token_id": 151643,
+    "eos_token_id": 151645, "head_dim": 128, "hidden_act": "silu", "hidden_size": 1024, "initializer_range": 0.02,
+    "intermediate_size": 3072, "max_position_embeddings": 40960, "max_window_layers": 28, "model_type": "qwen3",
+    "num_attention_heads": 16, "num_hidden_layers": 28, "num_key_value_heads": 8, "rms_norm_eps": 1e-06,
+    "rope_scaling": None, "rope_theta": 1000000, "sliding_window": None, "tie_word_embeddings": True,
+    "torch_dtype": "bfloat16", "transformers_version": "4.51.0", "use_cache": True, "use_sliding_window": False,
+    "vocab_size": 151936}
+
 
 def test_hub_gpt2_config(tmp_path):
     (tmp_path / "gpt2-copy").mkdir()
@@ -180,6 +189,14 @@ def test_hub_qwen2_config_has_qkv_biases(tmp_path):
     m = get_model(str(d))
     assert m.qkv_bias_only and m.tied_embeddings and m.n_kv_heads == 2
     assert m.params == meta_param_count(d) == 494_032_768
+
+
+def test_hub_qwen3_config_has_qk_norms_and_wide_heads(tmp_path):
+    d = write_config(tmp_path, QWEN3_06B_HUB)
+    m = get_model(str(d))
+    assert m.qk_norm and m.head_dim == 128 and m.n_heads * m.head_dim == 2048
+    assert m.params == meta_param_count(d)
+    assert round(m.non_embedding_params / 1e9, 2) == 0.44  # the model card: 0.6B, 0.44B non-embedding
 
 
 @pytest.mark.parametrize("model_type", sorted(LLAMA_LIKE))
@@ -206,7 +223,7 @@ def test_every_supported_llama_like_type_counts_exactly(model_type, tmp_path):
     ('{"model_type": "t5", "is_encoder_decoder": true}', "encoder-decoder"),
     ('{"model_type": "bart", "d_model": 768}', "'bart' is an encoder-decoder"),
     ('{"model_type": "bert", "hidden_size": 768}', "'bert' is not supported"),
-    ('{"model_type": "qwen3", "hidden_size": 1024}', "'qwen3' is not supported"),
+    ('{"model_type": "olmo2", "hidden_size": 1024}', "'olmo2' is not supported"),
     ('{"model_type": "no-such-arch"}', "'no-such-arch' is not supported"),
     ('{"model_type": "gpt2", "n_layer": -3}', "n_layers(-3) must be a positive integer"),
     ('{"model_type": "llama", "hidden_size": 100, "num_attention_heads": 3, "num_key_value_heads": 3}',
