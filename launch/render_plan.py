@@ -50,9 +50,10 @@ def _layout_flags(layout) -> dict:
     return d
 
 
-def _override_note(before, after) -> str:
-    changed = [f"{k} {after[k]} (the plan had {before[k]})" for k in after if after[k] != before.get(k)]
-    return "Layout fixed on the command line: " + (", ".join(changed) if changed else "same as the plan") + "."
+def _override_note(before, after, fixed) -> str:
+    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in fixed.items())
+    changed = [f"{k} {after[k]} (plan: {before[k]})" for k in after if after[k] != before.get(k)]
+    return f"Layout fixed on the command line ({flags}): " + (", ".join(changed) or "same as the plan") + "."
 
 
 def choose_estimate(opts: dict, fixed_flags: dict, *, from_plan=None, given: frozenset = frozenset()):
@@ -69,7 +70,7 @@ def choose_estimate(opts: dict, fixed_flags: dict, *, from_plan=None, given: fro
         est = chosen.best
         if "dp" in fixed or "grad_accum" in fixed:
             est = _refix(est, fixed, model, cluster, training, headroom, evaluate)
-            plan_dict["reasons"] = [_override_note(_layout_flags(chosen.best.layout), _layout_flags(est.layout))] \
+            plan_dict["reasons"] = [_override_note(_layout_flags(chosen.best.layout), _layout_flags(est.layout), fixed)] \
                 + plan_dict["reasons"]
         return plan_dict, est
 
@@ -94,7 +95,7 @@ def choose_estimate(opts: dict, fixed_flags: dict, *, from_plan=None, given: fro
                 merged.pop(k, None)
     est = evaluate(model, cluster, build_layout(cluster, training, merged), training, headroom)
     plan_dict = {k: v for k, v in data.items() if k not in ("best", "command", "shardplan_version")}
-    plan_dict["reasons"] = [_override_note(before, _layout_flags(est.layout))] + list(data.get("reasons", []))
+    plan_dict["reasons"] = [_override_note(before, _layout_flags(est.layout), fixed)] + list(data.get("reasons", []))
     return plan_dict, est
 
 
