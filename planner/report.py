@@ -31,17 +31,17 @@ def layout_line(e: Estimate) -> str:
 
 
 def memory_bar(e: Estimate) -> Text:
-    """One character per 1/BAR of the card, coloured by part; the headroom limit marked with '|'."""
+    """One character per 1/BAR of the card, coloured by part; '|' marks the headroom limit, '»' overflow."""
     m, cap = e.memory, e.memory.capacity_bytes
     bar, used = Text(), 0
     for _, key, colour in PARTS:
-        n = round(getattr(m, key) / cap * BAR)
-        n = min(n, BAR * 2 - used)
+        n = min(round(getattr(m, key) / cap * BAR), BAR - used)
         bar.append("█" * n, style=colour)
         used += n
     limit = round(BAR * (1 - e.headroom))
-    rest = "".join("|" if i == limit else "░" for i in range(used, BAR))
-    bar.append(rest, style="dim")
+    bar.append("".join("|" if i == limit else "░" for i in range(used, BAR)), style="dim")
+    if m.peak_bytes > cap:
+        bar.append(f"» {m.peak_bytes / cap:.1f}× the card", style="bold red")
     return bar
 
 
