@@ -106,3 +106,32 @@ def test_checkpoints_metrics_and_refusals(tmp_path):
     straight = make_run_dir(tmp_path / "straight", micro=4)
     assert train_single(straight, "--steps", "4").returncode == 0
     assert losses(run_dir) == losses(straight)
+
+
+def test_init_from_hugging_face_weights(tmp_path):
+    """--init-from: the first step's loss is the transformers model's loss on the same batch."""
+    transformers = pytest.importorskip("transformers")
+    import numpy as np
+    import torch
+    from shardplan.launch.train.data import Sampler, open_tokens
+    from shardplan.launch.train.model import GPT, GPTConfig, load_hf_state_dict
+
+    hf_dir = tmp_path / "hf"
+    config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=512, n_positions=64)
+    torch.manual_seed(3)
+    transformers.GPT2LMHeadModel(config).save_pretrained(hf_dir)
+    run_dir = make_run_dir(tmp_path / "run", micro=4)
+    result = train_single(run_dir, "--steps", "1", "--init-from", str(hf_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    tokens = open_tokens(next((run_dir / "data").glob("tokens-*.bin")))
+    x, y = Sampler(n_tokens=len(tokens), seq_len=32, micro_batch=4, grad_accum=1, dp=1, seed=0).batch(tokens, 0, 0, 0)
+    model = GPT(GPTConfig(n_layers=2, hidden=64, n_heads=4, ffn_hidden=256, vocab=512, max_seq_len=64))
+    model.load_state_dict(load_hf_state_dict(hf_dir))
+    with torch.no_grad():
+        expected = model(x, y).item()
+    assert losses(run_dir)[0] == pytest.approx(expected, rel=1e-6)
+    assert np.isfinite(expected)
+
+    wrong = make_run_dir(tmp_path / "wrong", model=dict(TINY_MODEL, n_layers=4), prepared_data=False)
+    _fails_cleanly(train_single(wrong, "--steps", "1", "--init-from", str(hf_dir)),
+                   "n_layers: plan 4 vs checkpoint 2")

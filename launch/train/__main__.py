@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
                    checkpoint_every=args.checkpoint_every, seed=args.seed)
     try:
         summary = run(opts)
-    except (RunConfigError, CheckpointError, DataError, UserError, ValueError) as e:
+    except (RunConfigError, CheckpointError, DataError, UserError) as e:
         # Every rank reaches the same verdict from the same files; rank 0 says it once.
         if os.environ.get("RANK", "0") == "0":
             print(f"error: {e}", file=sys.stderr, flush=True)

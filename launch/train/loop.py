@@ -61,16 +61,21 @@ def _prepare_data(opts: Options, run, rank: int):
 def run(opts: Options) -> dict | None:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    run_cfg = load_run_config(opts.run_dir, world_size)
-    ckpt_dir = ckpt.checkpoint_dir(opts.run_dir)
-    resume_tag = ckpt.check_start(ckpt_dir, opts.resume, opts.overwrite_checkpoints)
-    if opts.steps < 1:
-        raise UserError(f"--steps ({opts.steps}) must be at least 1")
-    init_state = None
-    if opts.init_from:
-        from .model import check_hf_shape, load_hf_state_dict, read_hf_config
-        check_hf_shape(run_cfg.model, read_hf_config(Path(opts.init_from)), Path(opts.init_from))
-        init_state = None if resume_tag else load_hf_state_dict(Path(opts.init_from))
+    try:   # everything checkable from files, before any process group, engine or save
+        run_cfg = load_run_config(opts.run_dir, world_size)
+        ckpt_dir = ckpt.checkpoint_dir(opts.run_dir)
+        resume_tag = ckpt.check_start(ckpt_dir, opts.resume, opts.overwrite_checkpoints)
+        if opts.steps < 1:
+            raise UserError(f"--steps ({opts.steps}) must be at least 1")
+        init_state = None
+        if opts.init_from:
+            if run_cfg.tp > 1 and run_cfg.pp > 1:
+                raise UserError("--init-from with tp > 1 and pp > 1 is not supported; fine-tune with tp 1 or pp 1")
+            from .model import check_hf_shape, load_hf_state_dict, read_hf_config
+            check_hf_shape(run_cfg.model, read_hf_config(Path(opts.init_from)), Path(opts.init_from))
+            init_state = None if resume_tag else load_hf_state_dict(Path(opts.init_from))
+    except ValueError as e:   # the config, model and checkpoint checks all raise ValueError subclasses
+        raise UserError(str(e)) from None
 
     import torch
     from deepspeed.utils import logger as ds_logger

@@ -131,8 +131,6 @@ def build_pipeline(run: RunConfig, seed: int, init_state: dict | None):
 
 def load_full_state_into_pipeline(module, state: dict, run: RunConfig) -> None:
     """Copy a whole-model state dict (GPT names, e.g. from --init-from) into this stage's layers."""
-    if run.tp > 1:
-        raise ValueError("--init-from with tp > 1 and pp > 1 is not supported; fine-tune with tp 1 or pp 1")
     with torch.no_grad():
         for offset, layer in enumerate(module.forward_funcs):
             index = module._local_start + offset   # spec index: 0 wte, 1 wpe, 2.. blocks, then ln_f, head
