@@ -1,0 +1,367 @@
+"""Execute a run directory's launch command: locally (deepspeed launcher or torchrun) or through SLURM.
+
+The command itself comes from launch/commands.py (the same builders that rendered launch.sh and
+job.sbatch); this module adds what happens around it: the job record (job.json), per-rank logs under
+RUN_DIR/logs/, progress from metrics.jsonl, fail-fast diagnosis (which rank died first, and its log),
+and cancellation. The exit code of a launch mirrors the job's: 0 when it completed, non-zero otherwise.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from . import jobs, ranks, slurm
+from .commands import Command, command_for
+from .jobs import CANCELLED, COMPLETED, FAILED, RUNNING, JobRecord
+from .preflight import RunDir
+
+
+class LaunchError(RuntimeError):
+    """The job could not be started or followed (not a preflight problem); one line."""
+
+
+def build_command(run: RunDir, scheduler: str, *, master_port: int | None, master_addr: str | None,
+                  train_args: tuple[str, ...], partition: str | None = None) -> Command:
+    """The exact command `launch` runs (and `--dry-run` prints)."""
+    if scheduler == "slurm":
+        cmd = slurm.submit_command(str(run.path), partition=partition, train_args=train_args)
+        # job.sbatch rendezvous at the job's first node on a port derived from the job id; these override.
+        env = {**({"SHARDPLAN_MASTER_ADDR": master_addr} if master_addr else {}),
+               **({"SHARDPLAN_MASTER_PORT": str(master_port)} if master_port else {})}
+        return Command(cmd.argv, {**cmd.env, **env})
+    spec = run.run_spec(master_addr=master_addr, master_port=master_port, python=sys.executable,
+                        train_args=train_args)
+    return command_for(spec, scheduler)
+
+
+def describe(run: RunDir, scheduler: str, cmd: Command) -> dict:
+    """What a dry run prints (and `--json` emits): the command, its environment, where logs go."""
+    backend = "gloo (no GPU: DS_ACCELERATOR=cpu)" if run.cpu else "nccl"
+    return {"scheduler": scheduler, "run_dir": str(run.path), "world_size": run.world_size,
+            "nodes": run.nodes, "procs_per_node": run.procs_per_node, "backend": backend,
+            "argv": list(cmd.argv), "env": dict(sorted(cmd.env.items())), "shell": cmd.shell(),
+            "logs": str(run.path / "logs")}
+
+
+def print_dry_run(info: dict, echo) -> None:
+    echo(f"# dry run: nothing was started or written. {info['scheduler']}: world size {info['world_size']} "
+         f"= {info['nodes']} node(s) x {info['procs_per_node']} process(es); backend {info['backend']}")
+    if info["env"]:
+        echo("# environment set on top of yours:")
+        for key, value in info["env"].items():
+            echo(f"export {Command(('true',), {key: value}).shell().split(' ', 1)[0]}")
+    echo("# command:")
+    echo(Command(tuple(info["argv"]), {}).shell())
+    echo(f"# rank logs: {info['logs']}/  job record: {info['run_dir']}/job.json")
+
+
+# ---------------------------------------------------------------- progress
+
+class MetricsTail:
+    """Reads the lines rank 0 appends to metrics.jsonl since we started looking."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = path.stat().st_size if path.exists() else 0
+        self.last: dict | None = None
+
+    def poll(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        if self.path.stat().st_size < self.offset:  # rewritten (a resume truncates it)
+            self.offset = 0
+        with self.path.open() as f:
+            f.seek(self.offset)
+            chunk = f.read()
+        complete = chunk[: chunk.rfind("\n") + 1]
+        self.offset += len(complete.encode())
+        rows = []
+        for line in complete.splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue
+        steps = [r for r in rows if "step" in r]
+        if steps:
+            self.last = steps[-1]
+        return rows
+
+
+def progress_line(row: dict) -> str | None:
+    if "step" not in row or "loss" not in row:
+        return None
+    tps = row.get("tokens_per_s")
+    return (f"step {row['step']}  loss {row['loss']:.4f}" + (f"  {tps:,.0f} tokens/s" if tps else "")
+            + (f"  world {row['world_size']}" if "world_size" in row else ""))
+
+
+class Progress:
+    """Prints a progress line at most every `every` seconds, and the last one when asked."""
+
+    def __init__(self, run_dir: Path, echo, every: float = 2.0) -> None:
+        self.tail, self.echo, self.every, self.shown = MetricsTail(run_dir / "metrics.jsonl"), echo, every, 0.0
+
+    def poll(self, force: bool = False) -> None:
+        self.tail.poll()
+        row = self.tail.last
+        if row and (force or time.monotonic() - self.shown >= self.every):
+            line = progress_line(row)
+            if line:
+                self.echo(line)
+                self.tail.last = None
+                self.shown = time.monotonic()
+
+
+# ---------------------------------------------------------------- local: deepspeed launcher / torchrun
+
+def run_local(run: RunDir, scheduler: str, cmd: Command, *, resume: bool, echo, verbose: bool = False,
+              train_args: tuple[str, ...] = ()) -> int:
+    """Start the launcher in its own process group, wait, diagnose; returns the shell exit code."""
+    log_dir = run.path / "logs"
+    log_dir.mkdir(exist_ok=True)
+    started = time.time()
+    launcher_log = log_dir / f"launcher-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    env = {**os.environ, **cmd.env}
+    with launcher_log.open("w") as out:
+        out.write(f"# {cmd.shell()}\n")
+        out.flush()
+        # Its own session: `cancel` and Ctrl-C signal the whole job (launcher and ranks) at once.
+        proc = subprocess.Popen(cmd.argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True, text=True, errors="replace")
+        job = JobRecord(scheduler, cmd.argv, cmd.env, started, os.uname().nodename, pid=proc.pid, resume=resume,
+                        train_args=train_args)
+        jobs.write_job(run.path, job)
+        echo(f"started {scheduler} launcher (pid {proc.pid}, world size {run.world_size}); "
+             f"logs: {log_dir}/  (follow: shardplan logs {run.path} --follow)")
+        watcher = ranks.RankWatcher(proc.pid)
+        watcher.start()
+        pump = threading.Thread(target=_pump, args=(proc.stdout, out, echo if verbose else None), daemon=True)
+        pump.start()
+        progress = Progress(run.path, echo)
+        interrupted = _forward_signals(proc)
+        try:
+            while proc.poll() is None:
+                progress.poll()
+                time.sleep(0.2)
+        finally:
+            watcher.stop()
+            pump.join(timeout=5)
+            interrupted.restore()
+        progress.poll(force=True)
+    rc = proc.returncode
+    recorded = jobs.read_job(run.path)
+    if rc == 0:
+        job = job.finish(finished=time.time(), exit_code=0, state=COMPLETED)
+    elif interrupted.signalled or (recorded is not None and recorded.state == CANCELLED):
+        job = job.finish(finished=time.time(), exit_code=rc, state=CANCELLED, reason="cancelled")
+    else:
+        failure = ranks.diagnose(log_dir, started, exit_code=rc, watched=watcher.first_vanished(),
+                                 reports=[(None, launcher_log.read_text(errors="replace"))],
+                                 procs_per_node=run.procs_per_node)
+        job = job.finish(finished=time.time(), exit_code=rc, state=FAILED, failed_rank=failure.rank,
+                         failed_log=failure.log, reason=failure.reason)
+    jobs.write_job(run.path, job)
+    report_outcome(job, echo, run.path, launcher_log)
+    return _shell_code(rc)
+
+
+def _pump(stream, out, echo) -> None:
+    for line in stream:
+        out.write(line)
+        out.flush()
+        if echo is not None:
+            echo(line.rstrip("\n"))
+
+
+class _Forwarder:
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc, self.signalled, self.saved = proc, False, {}
+
+    def __call__(self, signum, frame) -> None:
+        self.signalled = True
+        terminate_group(self.proc.pid)
+
+    def restore(self) -> None:
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)
+
+
+def _forward_signals(proc: subprocess.Popen) -> _Forwarder:
+    fwd = _Forwarder(proc)
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            fwd.saved[sig] = signal.signal(sig, fwd)
+    return fwd
+
+
+def terminate_group(pgid: int, grace: float = 10.0) -> None:
+    """SIGTERM the job's process group (launchers pass it to the ranks), then SIGKILL what is left."""
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+
+    def reap() -> None:
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.2)
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    threading.Thread(target=reap, daemon=True).start()
+
+
+def _shell_code(rc: int) -> int:
+    return 128 - rc if rc < 0 else rc
+
+
+def report_outcome(job: JobRecord, echo, run_dir: Path, launcher_log: Path | None = None) -> None:
+    took = f"{jobs.elapsed(job):.0f}s"
+    if job.state == COMPLETED:
+        echo(f"COMPLETED in {took}. metrics: {run_dir / 'metrics.jsonl'}  checkpoints: {run_dir / 'checkpoints'}")
+        return
+    where = f"; log: {job.failed_log}" if job.failed_log else (f"; launcher log: {launcher_log}" if launcher_log else "")
+    echo(f"{job.state} after {took}: {job.reason or 'no reason recorded'}{where}")
+    if job.state == FAILED and job.failed_log:
+        for line in ranks.tail(Path(job.failed_log), 5):
+            echo(f"  | {line}")
+    if job.state == FAILED:
+        echo(f"continue from the last checkpoint: shardplan launch {run_dir} --resume")
+
+
+# ---------------------------------------------------------------- SLURM
+
+def run_slurm(run: RunDir, cmd: Command, *, resume: bool, follow: bool, echo,
+              train_args: tuple[str, ...] = ()) -> int:
+    started = time.time()
+    (run.path / "logs").mkdir(exist_ok=True)
+    job_id = slurm.submit(cmd, {**os.environ, **cmd.env})
+    job = JobRecord("slurm", cmd.argv, cmd.env, started, os.uname().nodename, job_id=job_id, resume=resume,
+                    train_args=train_args)
+    jobs.write_job(run.path, job)
+    echo(f"submitted SLURM job {job_id} ({run.nodes} node(s) x {run.procs_per_node}); recorded in "
+         f"{jobs.job_path(run.path)}")
+    if not follow:
+        echo(f"follow it: shardplan status {run.path} | shardplan logs {run.path} --follow")
+        return 0
+    return follow_slurm(run.path, job, echo, run.procs_per_node)
+
+
+def follow_slurm(run_dir: Path, job: JobRecord, echo, procs_per_node: int = 1) -> int:
+    progress = Progress(run_dir, echo)
+    seen = {"state": None}
+
+    def on_poll(state: slurm.SlurmState) -> None:
+        if state.state != seen["state"]:
+            seen["state"] = state.state
+            nodes = f" on {state.nodes}" if state.nodes and state.nodes != "(null)" else ""
+            echo(f"job {state.job_id}: {state.state}{nodes}")
+        progress.poll()
+
+    final = slurm.wait(job.job_id, on_poll=on_poll)
+    progress.poll(force=True)
+    done = job.finish(finished=time.time(), state=final.state)
+    if final.state == COMPLETED:
+        done = done.finish(exit_code=0)
+    else:
+        failure = slurm_failure(run_dir, job, final, procs_per_node)
+        done = done.finish(exit_code=_slurm_code(final.exit_code), failed_rank=failure.rank,
+                           failed_log=failure.log, reason=failure.reason)
+    jobs.write_job(run_dir, done)
+    report_outcome(done, echo, run_dir)
+    return 0 if final.state == COMPLETED else (done.exit_code or 1)
+
+
+def slurm_failure(run_dir: Path, job: JobRecord, state: slurm.SlurmState, procs_per_node: int) -> ranks.Failure:
+    outputs = slurm.node_outputs(run_dir / "logs", job.job_id)
+    reports = [(str(p), p.read_text(errors="replace")) for p in outputs]
+    failure = ranks.diagnose(run_dir / "logs", job.started, exit_code=None, reports=reports,
+                             procs_per_node=procs_per_node)
+    base = f"SLURM job {job.job_id} {state.state} (ExitCode {state.exit_code or '?'})"
+    if failure.rank is None:
+        out = ", ".join(str(p) for p in outputs) or str(run_dir / "logs")
+        return ranks.Failure(None, None, f"{base}; see {out}")
+    return ranks.Failure(failure.rank, failure.log or (str(outputs[0]) if outputs else None),
+                         f"{base}: {failure.reason}")
+
+
+def _slurm_code(exit_code: str) -> int:
+    code, _, sig = exit_code.partition(":")
+    try:
+        return int(code) or (128 + int(sig) if sig and int(sig) else 1)
+    except ValueError:
+        return 1
+
+
+# ---------------------------------------------------------------- status / cancel
+
+def status(run_dir: Path) -> dict:
+    job = jobs.read_job(run_dir)
+    if job is None:
+        raise LaunchError(f"{run_dir} has no job record ({jobs.JOB_FILE}): it was never launched; "
+                          f"start it with `shardplan launch {run_dir}`")
+    info = {"run_dir": str(run_dir), "scheduler": job.scheduler, "started": job.started,
+            "elapsed_s": round(jobs.elapsed(job), 1), "resume": job.resume}
+    if job.scheduler == "slurm":
+        state = slurm.query(job.job_id)
+        info.update(job_id=job.job_id, state=state.state if state.source != "none" else (job.state or "UNKNOWN"),
+                    exit_code=state.exit_code, reason=state.reason, nodes=state.nodes, source=state.source)
+        if state.source == "none":
+            info["note"] = (f"slurmctld no longer knows job {job.job_id} and sacct has no record "
+                            f"({state.reason}); the state shown is the one `launch --follow` recorded")
+    else:
+        info.update(pid=job.pid, state=jobs.local_state(job), exit_code=job.exit_code, source="pid")
+    tail = MetricsTail(run_dir / "metrics.jsonl")
+    tail.offset = 0
+    rows = [r for r in tail.poll() if "step" in r]
+    if rows:
+        info["last_step"] = rows[-1]["step"]
+        info["last_loss"] = rows[-1].get("loss")
+    for key in ("failed_rank", "failed_log", "reason"):
+        if getattr(job, key) is not None and info.get(key) in (None, ""):
+            info[key] = getattr(job, key)
+    return info
+
+
+def cancel(run_dir: Path) -> str:
+    job = jobs.read_job(run_dir)
+    if job is None:
+        raise LaunchError(f"{run_dir} has no job record ({jobs.JOB_FILE}): nothing to cancel")
+    if job.scheduler == "slurm":
+        slurm.cancel(job.job_id)
+        return f"cancelled SLURM job {job.job_id} (scancel)"
+    if jobs.local_state(job) != RUNNING:
+        return f"nothing to cancel: the {job.scheduler} job is {jobs.local_state(job)}"
+    jobs.write_job(run_dir, job.finish(state=CANCELLED, reason="cancelled"))
+    try:  # the launch process waiting on the group records the outcome
+        os.killpg(job.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    _wait_group_gone(job.pid, 10.0)
+    return f"cancelled the {job.scheduler} job (process group {job.pid})"
+
+
+def _wait_group_gone(pgid: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
