@@ -225,14 +225,55 @@ def tensor_parallel_rules(config: dict[str, Any], topo: Topology) -> list[Proble
     return out
 
 
+# deepspeed/runtime/engine.py _configure_basic_optimizer: these names (any case) are DeepSpeed's own; any other
+# name is looked up as torch.optim.<name> (exact case). _scheduler_from_config: deepspeed.runtime.lr_schedules,
+# then torch.optim.lr_scheduler.<name>. Lists from DeepSpeed 0.19.8 and torch 2.x.
+DEEPSPEED_OPTIMIZERS = ("adagrad", "adam", "adamw", "lamb", "muadam", "muadamw", "musgd", "lion", "muon")
+TORCH_OPTIMIZERS = ("ASGD", "Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "Adamax", "LBFGS", "Muon", "NAdam",
+                    "RAdam", "RMSprop", "Rprop", "SGD", "SparseAdam")
+REMOVED_OPTIMIZERS = {"onebitadam": "1-bit Adam", "onebitlamb": "1-bit LAMB", "zerooneadam": "0/1 Adam"}
+DEEPSPEED_SCHEDULERS = ("LRRangeTest", "OneCycle", "WarmupLR", "WarmupDecayLR", "WarmupCosineLR")
+TORCH_SCHEDULERS = ("ChainedScheduler", "ConstantLR", "CosineAnnealingLR", "CosineAnnealingWarmRestarts", "CyclicLR",
+                    "ExponentialLR", "LambdaLR", "LinearLR", "MultiStepLR", "MultiplicativeLR", "OneCycleLR",
+                    "PolynomialLR", "ReduceLROnPlateau", "SequentialLR", "StepLR")
+
+
+def _suggest(name: str, choices: tuple[str, ...]) -> str:
+    import difflib
+
+    lower = {c.lower(): c for c in choices}
+    guesses = difflib.get_close_matches(name.lower(), list(lower), n=3, cutoff=0.6)
+    return (f"did you mean {' or '.join(repr(lower[g]) for g in guesses)}?" if guesses
+            else "use one of " + ", ".join(choices))
+
+
 def optimizer_rules(config: dict[str, Any]) -> list[Problem]:
-    params = _section(_section(config, "optimizer"), "params")
-    norm = params.get("max_grad_norm")
-    if isinstance(norm, (int, float)) and not isinstance(norm, bool) and norm > 0:
-        return [Problem("$.optimizer.params.max_grad_norm", f"optimizer.params.max_grad_norm {norm} is ignored by "
-                        "DeepSpeed's optimizers", f"use the top-level \"gradient_clipping\": {norm}",
-                        severity="warning")]
-    return []
+    out = []
+    optimizer = _section(config, "optimizer")
+    params = _section(optimizer, "params")
+    if "max_grad_norm" in params:
+        out.append(Problem("$.optimizer.params.max_grad_norm", "optimizer.params.max_grad_norm: deepspeed.initialize "
+                           "raises ValueError for it when it builds the optimizer (DeepSpeed clips gradients itself)",
+                           f"remove it and set the top-level \"gradient_clipping\": {params['max_grad_norm']!r}"))
+    name = optimizer.get("type")
+    if isinstance(name, str) and name.lower() not in DEEPSPEED_OPTIMIZERS and name not in TORCH_OPTIMIZERS:
+        removed = REMOVED_OPTIMIZERS.get(name.lower())
+        if removed:
+            out.append(Problem("$.optimizer.type", f"optimizer {name!r}: {removed} was removed from DeepSpeed; "
+                               "DeepSpeed 0.19.8's config parser still accepts the name but deepspeed.initialize "
+                               f"refuses it (\"{name} is not a supported DeepSpeed Optimizer\"): will not run under "
+                               "DeepSpeed 0.19.8",
+                               "use \"Adam\" / \"AdamW\" (or \"Lamb\"), or pin an older DeepSpeed that ships it"))
+        else:
+            out.append(Problem("$.optimizer.type", f"optimizer {name!r} is neither a DeepSpeed optimizer "
+                               f"({', '.join(DEEPSPEED_OPTIMIZERS)}, any case) nor torch.optim.{name}: "
+                               "deepspeed.initialize refuses it", _suggest(name, DEEPSPEED_OPTIMIZERS + TORCH_OPTIMIZERS)))
+    scheduler = _section(config, "scheduler").get("type")
+    if isinstance(scheduler, str) and scheduler not in DEEPSPEED_SCHEDULERS + TORCH_SCHEDULERS:
+        out.append(Problem("$.scheduler.type", f"scheduler {scheduler!r} is neither in deepspeed.runtime.lr_schedules "
+                           f"nor torch.optim.lr_scheduler: deepspeed.initialize refuses it (names are case-sensitive)",
+                           _suggest(scheduler, DEEPSPEED_SCHEDULERS + TORCH_SCHEDULERS)))
+    return out
 
 
 def cross_field(config: dict[str, Any], topo: Topology, check_batch: bool = True) -> list[Problem]:

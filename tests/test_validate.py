@@ -144,6 +144,12 @@ BAD = [
     (with_(GOOD, compression_training={}), 8, 1, 1, None, "$.compression_training", "removed"),
     (with_(GOOD, zero_optimization__mics_shard_size=8), 8, 1, 1, None, "$.zero_optimization.mics_shard_size",
      "MiCS"),
+    # what the config parser accepts but deepspeed.initialize refuses (engine.py _configure_optimizer)
+    (with_(GOOD, optimizer__type="OneBitAdam"), 8, 1, 1, None, "$.optimizer.type", "1-bit Adam was removed"),
+    (with_(GOOD, optimizer__type="adamw8bit"), 8, 1, 1, None, "$.optimizer.type", "'AdamW'"),
+    (with_(GOOD, optimizer__params__max_grad_norm=1.0), 8, 1, 1, None, "$.optimizer.params.max_grad_norm",
+     "gradient_clipping"),
+    (with_(GOOD, scheduler__type="WarmupCosine"), 8, 1, 1, None, "$.scheduler.type", "'WarmupCosineLR'"),
 ]
 
 
@@ -335,3 +341,25 @@ def test_schema_matches_deepspeeds_config_classes():
         assert schema.get("additionalProperties") is False, name
         accepted = set(model.model_fields) | {f.alias for f in model.model_fields.values() if f.alias}
         assert set(schema["properties"]) - removed_zero_keys == accepted, name
+
+
+def test_optimizer_and_scheduler_names_match_what_deepspeed_initialize_accepts():
+    """The rule's name lists against DeepSpeed's own engine predicate (engine.py _is_supported_optimizer) and
+    scheduler lookup (lr_schedules, then torch.optim.lr_scheduler), without building an engine."""
+    pytest.importorskip("deepspeed")
+    import torch
+    from deepspeed.runtime import config as ds_config, lr_schedules
+    from deepspeed.runtime.engine import DeepSpeedEngine
+
+    from shardplan.launch import validate_rules as rules
+
+    assert tuple(ds_config.DEEPSPEED_OPTIMIZERS) == rules.DEEPSPEED_OPTIMIZERS
+    engine_accepts = lambda name: DeepSpeedEngine._is_supported_optimizer(None, name)  # noqa: E731 (self unused)
+    for name in ("Adam", "ADAMW", "lamb", "SGD", "Adafactor", "OneBitAdam", "OnebitAdam", "ZeroOneAdam", "sgd", "x"):
+        flagged = any(p.path == "$.optimizer.type" for p in rules.optimizer_rules({"optimizer": {"type": name}}))
+        assert flagged == (not engine_accepts(name.lower() if name.lower() in rules.DEEPSPEED_OPTIMIZERS else name))
+    for name in rules.TORCH_OPTIMIZERS:
+        assert engine_accepts(name), name
+    for name in rules.DEEPSPEED_SCHEDULERS + rules.TORCH_SCHEDULERS + ("warmupLR", "Cosine"):
+        known = hasattr(lr_schedules, name) or hasattr(torch.optim.lr_scheduler, name)
+        assert bool(rules.optimizer_rules({"scheduler": {"type": name}})) == (not known), name
