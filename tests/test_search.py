@@ -160,3 +160,15 @@ def test_a_fixed_degree_no_layout_can_have_is_named(fixed, fragment):
     with pytest.raises(ValueError) as err:
         plan(get_model("llama-3-8b"), cluster(1, 8), Training(2048, 64), **fixed)
     assert fragment in str(err.value)
+
+
+@pytest.mark.parametrize("name, per_node, batch, card", [("gpt2-xl", 8, 64, CARD), ("llama-2-7b", 8, 32, CARD),
+                                                         ("llama-3.2-1b", 4, 64, SMALL_CARD)])
+def test_bisection_finds_exactly_the_micro_batches_that_fit(name, per_node, batch, card):
+    from shardplan.planner.search import search
+
+    model, cl = get_model(name), cluster(1, per_node, card)
+    training = Training(seq_len=2048, global_batch=batch)
+    found = {(family_key(e.layout), e.layout.micro_batch) for e in search(model, cl, training, 0.1, {}, False).fits}
+    truth = {(family_key(e.layout), e.layout.micro_batch) for e in brute_force(model, cl, training, 0.1) if e.fits}
+    assert found == truth
