@@ -62,21 +62,18 @@ _PYDANTIC_SECTIONS = {"zero_optimization", "fp16", "bf16", "bfloat16", "tensor_p
 
 
 def _auto_paths(node: Any, path: tuple) -> Iterator[tuple]:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if value == "auto" and path + (key,) not in NATIVE_AUTO:
-                yield path + (key,)
-            else:
-                yield from _auto_paths(value, path + (key,))
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            yield from _auto_paths(value, path + (i,))
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        if value == "auto" and path + (key,) not in NATIVE_AUTO:
+            yield path + (key,)
+        else:
+            yield from _auto_paths(value, path + (key,))
 
 
 def strip_auto(config: dict[str, Any]) -> list[tuple]:
     """Remove Hugging Face "auto" placeholders from `config` in place; return their paths."""
     paths = list(_auto_paths(config, ()))
-    for path in paths:
+    for path in reversed(paths):  # later list items first, so earlier indexes stay valid
         parent: Any = config
         for part in path[:-1]:
             parent = parent[part]
@@ -104,7 +101,7 @@ def auto_values(config: dict[str, Any], allow_auto: bool) -> list[Problem]:
     out = []
     for parent, paths in groups.items():
         where = json_path(paths[0]) if len(paths) == 1 else json_path(parent)
-        keys = ", ".join(str(p[-1]) for p in paths)
+        keys = ", ".join(f"[{p[-1]}]" if isinstance(p[-1], int) else str(p[-1]) for p in paths)
         what = f"\"auto\" in {keys}" if len(paths) > 1 else "\"auto\""
         effect = _auto_effect(paths[0])
         if allow_auto:

@@ -211,6 +211,14 @@ def test_zero_stage_0_keys_and_allow_auto_are_warnings():
     assert not any("neither" in p.message for p in strict.problems)  # the batch rule stays quiet on "auto"
 
 
+def test_auto_inside_lists_is_reported_once_per_list():
+    config = with_(GOOD, optimizer__params__betas=["auto", "auto"], optimizer__params__lr="auto")
+    result = validate_config(config, world_size=8)
+    assert {p.path for p in result.errors} == {"$.optimizer.params.lr", "$.optimizer.params.betas"}
+    assert '"auto" in [0], [1]' in next(p.message for p in result.errors if p.path.endswith("betas"))
+    assert config["optimizer"]["params"]["betas"] == ["auto", "auto"]  # the caller's dict is left alone
+
+
 def test_native_deepspeed_auto_is_not_a_placeholder():
     config = with_(GOOD, zero_optimization__stage=1, pipeline={"stages": "auto"})
     assert validate_config(config, world_size=8).problems == ()
