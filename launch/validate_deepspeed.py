@@ -118,6 +118,10 @@ def deepspeed_problems(config: dict[str, Any], topo: Topology,
     if topo.dp < 1 or not float(topo.dp).is_integer():
         return [], "DeepSpeed's own check skipped: the sizes give no whole data-parallel size"
     version = getattr(deepspeed, "__version__", "?")
+    needed = ("_initialize_params", "_configure_train_batch_size", "_do_sanity_check")
+    if not all(hasattr(ds_config_module.DeepSpeedConfig, name) for name in needed) \
+            or not hasattr(ds_config_module, "_reject_removed_config_keys"):
+        return [], f"DeepSpeed {version}'s DeepSpeedConfig has a different shape: its own check skipped"
     errors = [p.path for p in known if p.severity == "error"]
     work = copy.deepcopy(config)
     strip_auto(work)
