@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -17,7 +18,7 @@ def _positive(ctx, param, value):
 
 
 @main.command(context_settings={"max_content_width": 100})
-@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("files", nargs=-1, required=True, type=click.Path())
 @click.option("--world-size", type=int, callback=_positive, default=None,
               help="Total number of GPUs (processes). Default: what the batch numbers imply, else tp*pp.")
 @click.option("--tp", type=int, callback=_positive, default=1, show_default=True,
@@ -40,12 +41,16 @@ def validate(files, world_size, tp, pp, heads, allow_auto, no_deepspeed, strict,
     offload_param and partial offload only with ZeRO-3; "auto" values; features DeepSpeed removed), and
     DeepSpeed's own config parser when DeepSpeed is installed.
 
+    FILE may be a run directory written by `shardplan render`: its ds_config.json is checked against the
+    world size, tp, pp and heads in its plan.json (options given on the command line win).
+
     Exit status: 0 valid, 1 problems found (each with its JSON path, what is wrong and how to fix it),
     2 usage error (missing file, not JSON). Warnings do not fail unless --strict.
 
     \b
     Examples:
       shardplan validate runs/gpt2xl/ds_config.json
+      shardplan validate runs/*/                             # run directories: sizes from plan.json
       shardplan validate ds_config.json --world-size 16 --tp 2 --pp 2
       shardplan validate configs/*.json --strict --json > report.json
       shardplan validate hf_ds_config.json --allow-auto      # a Hugging Face Trainer config
@@ -75,6 +80,9 @@ def _validate_all(files, world_size, tp, pp, heads, allow_auto, no_deepspeed, as
     for index, name in enumerate(files):
         if not as_json and len(files) > 1:
             click.echo(f"[{index + 1}/{len(files)}] {name}", err=True)
+        sizes = dict(world_size=world_size, tp=tp, pp=pp, heads=heads)
+        if Path(name).is_dir():
+            name, sizes = _from_run_dir(Path(name), sizes)
         try:
             data, file_problems = read_config_file(name)
         except ConfigFileError as e:
@@ -83,14 +91,31 @@ def _validate_all(files, world_size, tp, pp, heads, allow_auto, no_deepspeed, as
                                             file=name))
             continue
         try:
-            result = validate_config(data, world_size=world_size, tp=tp, pp=pp, heads=heads,
-                                     use_deepspeed=not no_deepspeed, allow_auto=allow_auto)
+            result = validate_config(data, **sizes, use_deepspeed=not no_deepspeed, allow_auto=allow_auto)
         except ValueError as e:  # bad sizes (never a bad config)
             raise click.UsageError(str(e)) from None
         results.append(ValidationResult(tuple(file_problems) + result.problems, result.world_size,
-                                        result.world_size_source, result.deepspeed_checked, result.notes, name))
+                                        result.world_size_source, result.deepspeed_checked, result.notes, str(name)))
 
     return results, unreadable
+
+
+def _from_run_dir(run_dir: Path, sizes: dict) -> tuple[Path, dict]:
+    """A render run directory: check its ds_config.json with the sizes its plan.json records (the contract in
+    CONTRACTS.md: plan["best"]["layout"] and plan["best"]["model"]); explicit options win."""
+    plan_path = run_dir / "plan.json"
+    try:
+        best = json.loads(plan_path.read_text(encoding="utf-8"))["best"]
+        layout, model = best["layout"], best["model"]
+        from_plan = {"world_size": layout["dp"] * layout["tp"] * layout["pp"], "tp": layout["tp"],
+                     "pp": layout["pp"], "heads": model["n_heads"]}
+    except FileNotFoundError:
+        return run_dir / "ds_config.json", sizes
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise click.UsageError(f"{plan_path}: not a shardplan plan.json ({type(e).__name__}: {e})") from None
+    defaults = {"world_size": None, "tp": 1, "pp": 1, "heads": None}
+    merged = {k: (sizes[k] if sizes[k] != defaults[k] else from_plan[k]) for k in defaults}
+    return run_dir / "ds_config.json", merged
 
 
 def _print_result(r, strict: bool) -> None:

@@ -371,3 +371,21 @@ def test_optimizer_and_scheduler_names_match_what_deepspeed_initialize_accepts()
     for name in rules.DEEPSPEED_SCHEDULERS + rules.TORCH_SCHEDULERS + ("warmupLR", "Cosine"):
         known = hasattr(lr_schedules, name) or hasattr(torch.optim.lr_scheduler, name)
         assert bool(rules.optimizer_rules({"scheduler": {"type": name}})) == (not known), name
+
+
+def test_cli_run_directory_takes_sizes_from_plan_json(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "ds_config.json").write_text(json.dumps(GOOD))  # 64 = 4 x 2 x dp 8
+    plan = {"best": {"layout": {"dp": 8, "tp": 1, "pp": 1}, "model": {"n_heads": 12}}, "command": "shardplan render"}
+    (run / "plan.json").write_text(json.dumps(plan))
+    assert _run([str(run), "--no-deepspeed"]).exit_code == 0
+    plan["best"]["layout"]["dp"] = 4  # the plan says 4 GPUs: the batch numbers no longer add up
+    (run / "plan.json").write_text(json.dumps(plan))
+    result = _run([str(run), "--no-deepspeed", "--json"])
+    assert result.exit_code == 1
+    [report] = json.loads(result.stdout)
+    assert report["world_size"] == 4 and report["problems"][0]["path"] == "$.train_batch_size"
+    assert _run([str(run), "--no-deepspeed", "--world-size", "8"]).exit_code == 0  # the option wins
+    (run / "plan.json").write_text("{}")
+    assert "not a shardplan plan.json" in _run([str(run)]).output
