@@ -18,6 +18,7 @@ from typing import Any
 from shardplan.launch.validate import Problem, Topology
 from shardplan.launch.validate_keys import REMOVED_TOP_LEVEL, REMOVED_ZERO, strip_auto
 from shardplan.launch.validate_rules import BATCH_KEYS
+from shardplan.launch.validate_schema import json_path
 
 _MAX_ATTEMPTS = 8
 # pydantic model title -> where its fields live in the config.
@@ -39,13 +40,6 @@ _SAME_AS_RULE = (
     ("bf16_optimizer_states", "$.bf16.bf16_optimizer_states"),
     ("'sum' is not supported", "$.gradient_allreduce_op"),
 )
-
-
-def _path(parts: tuple) -> str:
-    out = "$"
-    for part in parts:
-        out += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return out
 
 
 def _overlaps(a: str, b: str) -> bool:
@@ -97,7 +91,8 @@ def _problems_from(exc: BaseException, config: dict[str, Any], version: str) -> 
             parts = section + loc
             shown = repr(err.get("input"))
             value = f" (got {shown})" if "input" in err and len(shown) <= 60 else ""
-            out.append((Problem(_path(parts), f"DeepSpeed {version} refuses it: {err.get('msg', 'invalid')}{value}",
+            message = f"DeepSpeed {version} refuses it: {err.get('msg', 'invalid')}{value}"
+            out.append((Problem(json_path(parts), message,
                                 "follow DeepSpeed's message; its config classes are in deepspeed/runtime/*config.py",
                                 source="deepspeed"), parts))
         return out

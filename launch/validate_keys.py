@@ -106,8 +106,9 @@ def auto_values(config: dict[str, Any], allow_auto: bool) -> list[Problem]:
         effect = _auto_effect(paths[0])
         if allow_auto:
             out.append(Problem(where, f"{what}: left for the Hugging Face Trainer / Accelerate integration to fill "
-                               f"in (without it, {effect[0].lower() + effect[1:]})", "keep using this config only through the Hugging Face "
-                               "integration, or replace \"auto\" with a value", severity="warning"))
+                               f"in (without it, {effect[0].lower() + effect[1:]})",
+                               "keep using this config only through the Hugging Face integration, or replace "
+                               "\"auto\" with a value", severity="warning"))
         else:
             out.append(Problem(where, f"{what}: a placeholder that only the Hugging Face Trainer / Accelerate "
                                f"integration fills in; will not run under DeepSpeed alone ({effect})",

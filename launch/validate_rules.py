@@ -8,15 +8,15 @@ from typing import Any
 from shardplan.launch.validate import Problem, Topology
 
 BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
-_ZERO3_ONLY = ("stage3_prefetch_bucket_size", "stage3_param_persistence_threshold", "stage3_model_persistence_threshold",
-               "stage3_max_live_parameters", "stage3_max_reuse_distance", "stage3_gather_16bit_weights_on_model_save",
-               "stage3_module_granularity_threshold", "stage3_use_all_reduce_for_fetch_params",
-               "stage3_allgather_sequential", "prefetch_bucket_size", "param_persistence_threshold",
-               "model_persistence_threshold", "max_live_parameters", "max_reuse_distance",
-               "gather_16bit_weights_on_model_save", "module_granularity_threshold",
-               "use_all_reduce_for_fetch_params", "allgather_sequential", "sub_group_size", "offload_param",
-               "zero_quantized_weights", "zero_quantized_nontrainable_weights", "zero_hpz_partition_size",
-               "memory_efficient_linear", "override_module_apply")
+_ZERO3_ONLY = (
+    "stage3_prefetch_bucket_size", "stage3_param_persistence_threshold", "stage3_model_persistence_threshold",
+    "stage3_max_live_parameters", "stage3_max_reuse_distance", "stage3_gather_16bit_weights_on_model_save",
+    "stage3_module_granularity_threshold", "stage3_use_all_reduce_for_fetch_params", "stage3_allgather_sequential",
+    "prefetch_bucket_size", "param_persistence_threshold", "model_persistence_threshold", "max_live_parameters",
+    "max_reuse_distance", "gather_16bit_weights_on_model_save", "module_granularity_threshold",
+    "use_all_reduce_for_fetch_params", "allgather_sequential", "sub_group_size", "offload_param",
+    "zero_quantized_weights", "zero_quantized_nontrainable_weights", "zero_hpz_partition_size",
+    "memory_efficient_linear", "override_module_apply")
 
 
 def _int(value: Any) -> int | None:
@@ -267,7 +267,8 @@ def optimizer_rules(config: dict[str, Any]) -> list[Problem]:
         else:
             out.append(Problem("$.optimizer.type", f"optimizer {name!r} is neither a DeepSpeed optimizer "
                                f"({', '.join(DEEPSPEED_OPTIMIZERS)}, any case) nor torch.optim.{name}: "
-                               "deepspeed.initialize refuses it", _suggest(name, DEEPSPEED_OPTIMIZERS + TORCH_OPTIMIZERS)))
+                               "deepspeed.initialize refuses it",
+                               _suggest(name, DEEPSPEED_OPTIMIZERS + TORCH_OPTIMIZERS)))
     scheduler = _section(config, "scheduler").get("type")
     if isinstance(scheduler, str) and scheduler not in DEEPSPEED_SCHEDULERS + TORCH_SCHEDULERS:
         out.append(Problem("$.scheduler.type", f"scheduler {scheduler!r} is neither in deepspeed.runtime.lr_schedules "

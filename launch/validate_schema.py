@@ -78,7 +78,7 @@ def _expected(schema: dict[str, Any]) -> str:
     return text
 
 
-def _problem(error, root_schema: dict[str, Any]) -> list[Problem]:
+def _problem(error) -> list[Problem]:
     path = json_path(error.absolute_path)
     v = error.validator
     if v == "additionalProperties":
@@ -118,5 +118,5 @@ def schema_problems(config: dict[str, Any], schema: dict[str, Any]) -> list[Prob
     out: list[Problem] = []
     for error in sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path))):
         for leaf in _leaf_errors(error):
-            out.extend(_problem(leaf, schema))
+            out.extend(_problem(leaf))
     return out
