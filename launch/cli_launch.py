@@ -11,6 +11,8 @@ import click
 from shardplan.launch.cli import main
 
 SCHEDULERS = ("local", "deepspeed", "torchrun", "slurm")
+# plan + render + launch without --steps: a demo that shows the loss falling in about a minute on 2 CPU cores.
+ONE_SHOT_STEPS = 60
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -26,7 +28,8 @@ def _fail(message: str, code: int = 2) -> None:
                    "torchrun: this node's torchrun; slurm: sbatch job.sbatch.")
 @click.option("--dry-run", is_flag=True, help="Print exactly what would run (command and environment); start nothing.")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in RUN_DIR/checkpoints.")
-@click.option("--steps", type=click.IntRange(min=1), help="Optimizer steps for the training program (--steps N).")
+@click.option("--steps", type=click.IntRange(min=1),
+              help=f"Optimizer steps for the training program (with --model: default {ONE_SHOT_STEPS}).")
 @click.option("--follow", is_flag=True, help="slurm: wait for the job, show progress, exit with its result.")
 @click.option("--master-port", type=click.IntRange(1, 65535),
               help="Rendezvous port; must be free (default 29500; slurm: derived from the job id).")
@@ -135,8 +138,8 @@ def _render_one_shot(model: str, cluster: str, out: Path | None, force: bool, st
     names = {p.name for p in render_cmd.params}
     if force:
         args.append("--force")
-    if steps and "steps" in names:
-        args += ["--steps", str(steps)]
+    if "steps" in names:  # the LR schedule's length too
+        args += ["--steps", str(steps or ONE_SHOT_STEPS)]
     click.echo(f"$ shardplan {' '.join(args)}")
     try:
         main.main(args=args, prog_name="shardplan", standalone_mode=False)
