@@ -38,11 +38,12 @@ except ImportError:   # running from a checkout that is not pip-installed
 def gpu_for(name: str) -> GPUType:
     """The catalog's card for a measured device name ("NVIDIA H200" -> H200)."""
     from shardplan.planner import cluster as c
-    key = name.replace("NVIDIA", "").strip().replace(" ", "-")
+    key = name.replace("NVIDIA", "").strip().replace(" ", "-").upper()
     catalog = getattr(c, "CATALOG", {})
+    upper = {k.upper(): g for k, g in catalog.items()}
     for k in (key, key.split("-")[0]):
-        if k in catalog:
-            return catalog[k]
+        if k in upper:
+            return upper[k]
     for g in catalog.values():
         if g.name.split("-")[0] == key.split("-")[0]:
             return g
@@ -84,11 +85,13 @@ def evaluate_rows(rows) -> list[dict]:
         mem = estimate_memory(model, cluster, layout, training)
         t = estimate_time(model, cluster, layout, training)
         phase = max(memory_phases(model, cluster, layout, training), key=lambda kv: sum(kv[1]))[0]
+        timed = r.get("step_s") is not None      # CPU-measured rows carry memory only
         out.append({"source": src, "size": r["size"], "engine": r["engine"], "zero": r["stage"], "mbs": r["mbs"],
-                    "ckpt": bool(r["ckpt"]), "gpu": cluster.gpu.name,
+                    "ckpt": bool(r["ckpt"]), "gpu": cluster.gpu.name, "dp": layout.dp,
                     "peak_measured": r["peak_allocated"], "peak_predicted": mem.peak_bytes, "peak_phase": phase,
                     "peak_err": mem.peak_bytes / r["peak_allocated"] - 1,
-                    "step_measured": r["step_s"], "step_predicted": t.step_s, "step_err": t.step_s / r["step_s"] - 1,
+                    "step_measured": r.get("step_s"), "step_predicted": t.step_s,
+                    "step_err": t.step_s / r["step_s"] - 1 if timed else None,
                     "memory": mem.to_dict(), "time": t.to_dict()})
     return out
 
@@ -96,36 +99,47 @@ def evaluate_rows(rows) -> list[dict]:
 def summary(points: list[dict]) -> dict:
     def group(sel):
         ps = [p for p in points if sel(p)]
+        ts = [p for p in ps if p["step_err"] is not None]
         if not ps:
             return None
-        return {"points": len(ps),
+        return {"points": len(ps), "timed_points": len(ts),
                 "peak_mape": sum(abs(p["peak_err"]) for p in ps) / len(ps),
                 "peak_max_abs_err": max(abs(p["peak_err"]) for p in ps),
                 "peak_within_target": sum(abs(p["peak_err"]) <= MEM_TARGET for p in ps),
-                "step_mape": sum(abs(p["step_err"]) for p in ps) / len(ps),
-                "step_max_abs_err": max(abs(p["step_err"]) for p in ps),
-                "step_within_target": sum(abs(p["step_err"]) <= TIME_TARGET for p in ps)}
+                "step_mape": sum(abs(p["step_err"]) for p in ts) / len(ts) if ts else None,
+                "step_max_abs_err": max(abs(p["step_err"]) for p in ts) if ts else None,
+                "step_within_target": sum(abs(p["step_err"]) <= TIME_TARGET for p in ts)}
     return {"all": group(lambda p: True), "deepspeed": group(lambda p: p["engine"] == "deepspeed"),
-            "torch": group(lambda p: p["engine"] == "torch"),
+            "torch": group(lambda p: p["engine"] == "torch"), "gpu": group(lambda p: p["gpu"] != "CPU"),
+            "cpu_multi_rank": group(lambda p: p["gpu"] == "CPU"),
             "targets": {"peak_abs_err": MEM_TARGET, "step_abs_err": TIME_TARGET}}
 
 
 def print_table(points: list[dict], summ: dict) -> None:
-    print(f"{'size':5} {'engine':9} {'Z':>1} {'mbs':>3} {'ckpt':4} | {'peak meas':>9} {'pred':>7} {'err':>6} "
-          f"{'phase':>12} | {'step meas':>9} {'pred':>7} {'err':>6}")
+    print(f"{'model':9} {'gpu':4} {'engine':9} {'dp':>2} {'Z':>1} {'mbs':>3} {'ckpt':4} | {'peak meas':>10} "
+          f"{'pred':>8} {'err':>6} {'phase':>12} | {'step meas':>9} {'pred':>7} {'err':>6}")
     for p in points:
         flag_m = " " if abs(p["peak_err"]) <= MEM_TARGET else "!"
-        flag_t = " " if abs(p["step_err"]) <= TIME_TARGET else "!"
-        print(f"{p['size']:5} {p['engine']:9} {p['zero']:>1} {p['mbs']:>3} {'yes' if p['ckpt'] else 'no':4} | "
-              f"{p['peak_measured'] / 1e9:7.2f}GB {p['peak_predicted'] / 1e9:5.2f}GB {p['peak_err']:+6.1%}{flag_m}"
-              f"{p['peak_phase']:>12} | {p['step_measured'] * 1e3:7.1f}ms {p['step_predicted'] * 1e3:5.1f}ms "
-              f"{p['step_err']:+6.1%}{flag_t}")
-    for name in ("all", "deepspeed", "torch"):
+        scale, unit = (1e9, "GB") if p["peak_measured"] > 1e9 else (1e6, "MB")
+        head = (f"{p['size']:9} {p['gpu'][:4]:4} {p['engine']:9} {p['dp']:>2} {p['zero']:>1} {p['mbs']:>3} "
+                f"{'yes' if p['ckpt'] else 'no':4} | {p['peak_measured'] / scale:8.2f}{unit} "
+                f"{p['peak_predicted'] / scale:6.2f}{unit} {p['peak_err']:+6.1%}{flag_m}{p['peak_phase']:>12} | ")
+        if p["step_err"] is None:
+            print(head + f"{'-':>9} {'-':>7} {'-':>6}")
+        else:
+            flag_t = " " if abs(p["step_err"]) <= TIME_TARGET else "!"
+            print(head + f"{p['step_measured'] * 1e3:7.1f}ms {p['step_predicted'] * 1e3:5.1f}ms "
+                  f"{p['step_err']:+6.1%}{flag_t}")
+    for name in ("all", "gpu", "deepspeed", "torch", "cpu_multi_rank"):
         s = summ[name]
-        if s:
-            print(f"{name:9}: {s['points']} points | peak MAPE {s['peak_mape']:.1%} (max {s['peak_max_abs_err']:.1%},"
-                  f" {s['peak_within_target']}/{s['points']} within 10%) | step MAPE {s['step_mape']:.1%} "
-                  f"(max {s['step_max_abs_err']:.1%}, {s['step_within_target']}/{s['points']} within 15%)")
+        if not s:
+            continue
+        line = (f"{name:14}: {s['points']} points | peak MAPE {s['peak_mape']:.1%} (max {s['peak_max_abs_err']:.1%}, "
+                f"{s['peak_within_target']}/{s['points']} within 10%)")
+        if s["step_mape"] is not None:
+            line += (f" | step MAPE {s['step_mape']:.1%} (max {s['step_max_abs_err']:.1%}, "
+                     f"{s['step_within_target']}/{s['timed_points']} within 15%)")
+        print(line)
 
 
 def main() -> int:

@@ -26,6 +26,8 @@ class ZeroKnobs:
     prefetch_bucket: int
     persistence_threshold: int
     sub_group: int = DEEPSPEED_DEFAULT_SUB_GROUP
+    max_live: int = 1_000_000_000         # stage3_max_live_parameters (DeepSpeed's default, and shardplan's)
+    max_reuse_distance: int = 1_000_000_000  # stage3_max_reuse_distance (default): keep what is reused soon
 
 
 def shardplan_bucket(hidden: int) -> int:

@@ -85,7 +85,7 @@ def memory_phases(model: ModelSpec, cluster: Cluster, layout: Layout,
             st = torch_states(model, shape)
         else:
             st = deepspeed_states(model, shape, layout.dp, z, layout.offload, training.precision, layout.pp, knobs,
-                                  training.grad_accum_dtype == "fp32")
+                                  training.grad_accum_dtype == "fp32", cluster.gpu.name.upper() != "CPU")
         name = "first" if first and layout.pp > 1 else ("last" if layout.pp > 1 else "all")
         out += [(f"{name}/{ph}", parts) for ph, parts in _stage_phases(model, shape, layout, training, st, first,
                                                                         runtime)]

@@ -57,8 +57,14 @@ def persistent_small_params(model: ModelSpec, shape: StageShape, threshold: int)
 
 @lru_cache(maxsize=8192)
 def deepspeed_states(model: ModelSpec, shape: StageShape, dp: int, zero: int, offload: str, precision: str,
-                     pp: int, knobs: ZeroKnobs, fp32_grad_accum: bool = False) -> StateBytes:
+                     pp: int, knobs: ZeroKnobs, fp32_grad_accum: bool = False, foreach: bool = True) -> StateBytes:
+    """foreach: torch AdamW's multi-tensor path (CUDA). On CPU torch runs the single-tensor path, whose
+    `exp_avg_sq.sqrt() / bias_correction2_sqrt` holds two temporaries of the largest tensor at once."""
     lp = 2 if precision in ("bf16", "fp16") else 4    # bytes of the model dtype
+
+    def sqrt_temp(group: int, largest: int) -> int:
+        return 4 * group if foreach else 8 * largest
+
     up = 4 if lp < 4 else 0                           # an fp32 upcast copy exists only for mixed precision
     p = shape.params
     tied = model.vocab * model.hidden * lp if (model.tied_embeddings and shape.has_embedding and shape.has_head) else 0
@@ -66,16 +72,17 @@ def deepspeed_states(model: ModelSpec, shape: StageShape, dp: int, zero: int, of
         # BF16_Optimizer (engine._do_optimizer_sanity_check): a full fp32 gradient buffer from init, the
         # low-precision grads until zero_grad, fp32 master + moments sharded over dp, step reads the
         # buffer in place and adds only the foreach sqrt
-        return StateBytes(lp * p, 12 * p // dp, lp * p, lp * p, 0, 0, 4 * p + lp * p, 4 * p // dp,
-                          grads_persistent=4 * p)
+        return StateBytes(lp * p, 12 * p // dp, lp * p, lp * p, 0, 0, 4 * p + lp * p,
+                          sqrt_temp(p // dp, p // dp), grads_persistent=4 * p)
     if zero == 0:
         if pp > 1 and lp < 4:
             # BF16_Optimizer: flat bf16 weights + flat hp grads (bf16 unless grad_accum_dtype says fp32)
             return StateBytes(lp * p, 12 * p // dp, 2 * lp * p, 2 * lp * p, 0, 0,
-                              lp * p + 4 * p // dp, 4 * p // dp)
+                              lp * p + 4 * p // dp, sqrt_temp(p // dp, p // dp))
         opt = (12 if lp < 4 else 8) * p
         allreduce = min(p, knobs.reduce_bucket) * lp if dp > 1 else 0   # engine's buffered_allreduce_fallback
-        return StateBytes(lp * p, opt, lp * p, lp * p + 2 * tied, allreduce, 0, lp * p + up * p, 4 * p)
+        return StateBytes(lp * p, opt, lp * p, lp * p + 2 * tied, allreduce, 0, lp * p + up * p,
+                          sqrt_temp(p, shape.largest_module))
     buckets = (2 if knobs.overlap_comm else 1) * knobs.reduce_bucket * lp
     if zero in (1, 2):
         part = p // dp
@@ -94,12 +101,20 @@ def deepspeed_states(model: ModelSpec, shape: StageShape, dp: int, zero: int, of
             held = lp * part
         # the step flattens + upcasts this partition's grads (2+2+4 B), then Adam holds the fp32 grad and
         # the foreach sqrt (4+4 B): the same 8 B/param either way
-        return StateBytes(lp * p, 12 * part, held, end, buckets, 0, 4 * part, 4 * part)
+        return StateBytes(lp * p, 12 * part, held, end, buckets, 0, 4 * part, sqrt_temp(part, part))
     # ZeRO-3
     small = persistent_small_params(model, shape, knobs.persistence_threshold)
     part = (p - small) // dp
     params = lp * (part + small)
-    gathered = lp * (shape.largest_module + knobs.prefetch_bucket) if dp > 1 or offload == "optimizer+params" else 0
+    # partition_parameters.py / parameter_offload.py: after a module runs its weights are released unless
+    # they are reused within max_reuse_distance elements (forward's last layers are reused soon by backward),
+    # capped by max_live_parameters; plus the running module and the prefetch bucket
+    live = min(shape.params, knobs.max_reuse_distance // 2 + shape.largest_module + knobs.prefetch_bucket,
+               knobs.max_live + shape.largest_module)
+    # all-gather writes the whole flat buffer (every rank's partition, this one's too) next to ds_tensor
+    gathered = lp * live if dp > 1 else 0
+    if offload == "optimizer+params":
+        gathered = lp * live
     if offload == "optimizer+params":
         params = lp * small
     grads = 0 if offload != "none" else lp * (part + small)
@@ -107,7 +122,7 @@ def deepspeed_states(model: ModelSpec, shape: StageShape, dp: int, zero: int, of
     scatter = knobs.reduce_bucket * lp if dp > 1 else 0    # reduce-scatter staging next to the bucket
     # the step upcasts one sub-group (flat lp + fp32 = 6 B), then Adam holds fp32 grad + sqrt (8 B)
     sub = min(part + small, knobs.sub_group) if offload == "none" else 0
-    return StateBytes(params, opt, 0, 0, scatter, knobs.reduce_bucket * lp, grads + 4 * sub, 4 * sub,
+    return StateBytes(params, opt, 0, 0, scatter, knobs.reduce_bucket * lp, grads + 4 * sub, sqrt_temp(sub, sub),
                       gathered, grads_persistent=grads)
 
 

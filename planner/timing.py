@@ -106,7 +106,8 @@ def estimate_time(model: ModelSpec, cluster: Cluster, layout: Layout, training: 
     overhead_s = race - device          # host time (Python, hooks, launches) the GPU waits for
     knobs = zero_knobs(model.hidden, z, training.zero_buckets, gpu.name.upper() != "CPU")
     comm = step_comm(model, cluster, layout, shape.params, training.seq_len, act_bytes, knobs.reduce_bucket)
-    backward_s = gpu_fb * 2 / 3
+    # backward is ~2/3 of a micro-batch's work; ZeRO-1 reduces only during the boundary micro-batch's
+    backward_s = (mb_gpu if z == 1 else gpu_fb) * 2 / 3
     hidden = min(comm.dp_overlappable_s, backward_s) if (knobs.overlap_comm or z == 3) else 0.0
     dp_s = comm.dp_s - hidden
     bubble = (pp - 1) * mb_gpu if pp > 1 else 0.0          # 1F1B: (p-1) micro-batch slots idle

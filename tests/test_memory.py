@@ -22,7 +22,7 @@ H100 = CATALOG["H100-80GB"]
 NODE = Cluster(1, 8, H100)
 # no small-parameter persistence and no buckets: the estimators count neither
 BARE = ZeroKnobs(reduce_bucket=0, allgather_bucket=0, overlap_comm=False, prefetch_bucket=0, persistence_threshold=0,
-                 sub_group=10**12)
+                 sub_group=10**12, max_live=0, max_reuse_distance=0)
 
 
 def states(zero, dp, offload="none", model=GPT2_XL):
@@ -66,7 +66,8 @@ def test_zero2_offload_against_deepspeed_estimator(dp):
 def test_zero3_against_deepspeed_estimator(dp):
     """DeepSpeed: 4·largest_layer + 18Ψ/N. shardplan keeps the persistent 16-bit gradient partition (2)
     and the foreach sqrt (4) on top of the 18, and counts gathered weights (2 bytes per element of the
-    largest module + the prefetch bucket) where DeepSpeed budgets 4 bytes per largest-layer element."""
+    largest module + the prefetch bucket; with DeepSpeed's default stage3_max_reuse_distance more stays
+    gathered) where DeepSpeed budgets 4 bytes per largest-layer element."""
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
     shape, st = states(3, dp)
     _, gpu, largest = estimate_zero3_model_states_mem_needs(shape.params, shape.largest_module,
@@ -188,3 +189,20 @@ def test_fp32_grad_accumulation_keeps_a_full_fp32_gradient_buffer():
     model_dtype = estimate_memory(GPT2_XL, NODE, layout, Training())
     fp32 = estimate_memory(GPT2_XL, NODE, layout, Training(grad_accum_dtype="fp32"))
     assert fp32.grads_bytes >= 4 * GPT2_XL.params > model_dtype.grads_bytes
+
+
+MEASURED = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "measured"
+
+
+@pytest.mark.skipif(not list(MEASURED.glob("cpu_*.jsonl")), reason="no CPU multi-rank measurements recorded")
+def test_multi_rank_cpu_measurements_within_target():
+    """Two gloo ranks running the real engine (benchmarks/cpu_memory_probe.py): partitions, buckets,
+    gathers and the step's temporaries at dp=2, every ZeRO stage."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from accuracy import evaluate_rows
+    rows = [(f.name, json.loads(line)) for f in MEASURED.glob("cpu_*.jsonl") for line in f.read_text().splitlines()
+            if line.strip()]
+    points = evaluate_rows(rows)
+    assert {p["zero"] for p in points} == {0, 1, 2, 3}
+    assert max(abs(p["peak_err"]) for p in points) <= 0.10

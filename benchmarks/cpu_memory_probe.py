@@ -1,0 +1,122 @@
+"""Measure what DeepSpeed really allocates with several data-parallel ranks, on CPU (gloo), tensor by tensor.
+
+No GPU is needed: every tensor allocation and free of the real engine (DeepSpeed 0.19 with
+DS_ACCELERATOR=cpu, shardplan's own GPT-2 from launch/train/model.py) is recorded by torch's profiler
+(profile_memory=True) in each rank, and the running sum gives the exact allocated-bytes timeline — the CPU
+analogue of torch.cuda.max_memory_allocated(). It checks the planner's multi-rank ZeRO logic (partitions,
+buckets, gathers) that the single-GPU calibration cannot. Rows go to benchmarks/results/measured/ in the
+calibration's format (memory only: CPU step times say nothing about GPUs); benchmarks/accuracy.py reads them.
+
+    python benchmarks/cpu_memory_probe.py           # dp=2, ZeRO 0-3, micro-batch 1/4, checkpointing none/full
+    python benchmarks/cpu_memory_probe.py --zero 2 --dp 2 --micro-batch 4 --checkpointing none
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "results" / "measured" / "cpu_deepspeed_dp.jsonl"
+SHAPE = dict(n_layers=4, hidden=128, n_heads=4, ffn_hidden=512, vocab=2048, max_seq_len=128)   # gpt2-demo
+
+
+def ds_config(zero: int, micro_batch: int, dp: int) -> dict:
+    from shardplan.planner.ds_knobs import zero_knobs
+    k = zero_knobs(SHAPE["hidden"], zero, "shardplan", on_gpu=False)
+    zc = {"stage": zero, "overlap_comm": k.overlap_comm, "reduce_bucket_size": k.reduce_bucket,
+          "allgather_bucket_size": k.allgather_bucket, "contiguous_gradients": True}
+    if zero == 3:
+        zc.update(stage3_prefetch_bucket_size=k.prefetch_bucket,
+                  stage3_param_persistence_threshold=k.persistence_threshold)
+    return {"train_micro_batch_size_per_gpu": micro_batch, "gradient_accumulation_steps": 1,
+            "train_batch_size": micro_batch * dp, "bf16": {"enabled": True}, "zero_optimization": zc,
+            "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "weight_decay": 0.1, "torch_adam": True}},
+            "steps_per_print": 10**9, "wall_clock_breakdown": False}
+
+
+def rank_main(rank: int, world: int, port: int, zero: int, micro_batch: int, ckpt: str, queue) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), DS_ACCELERATOR="cpu")
+    import torch
+    from torch.profiler import ProfilerActivity, profile, record_function
+    import deepspeed
+    from shardplan.launch.train.model import GPT, GPTConfig
+    torch.set_num_threads(1)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        deepspeed.init_distributed(dist_backend="gloo")
+        model = GPT(GPTConfig(**SHAPE, checkpointing=ckpt))
+        n_params = sum(p.numel() for p in model.parameters())   # before ZeRO-3 empties the module's params
+        engine, *_ = deepspeed.initialize(model=model, config=ds_config(zero, micro_batch, world),
+                                          model_parameters=model.parameters())
+        for step in range(3):
+            with record_function(f"shardplan_step{step}"):
+                x = torch.randint(0, SHAPE["vocab"], (micro_batch, SHAPE["max_seq_len"]))
+                loss = engine(x, torch.roll(x, -1, dims=1))
+                engine.backward(loss)
+                engine.step()
+    events = prof.profiler.kineto_results.events()
+    mem = sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]")
+    marks = {e.name(): (e.start_ns(), e.end_ns()) for e in events if e.name().startswith("shardplan_step")}
+    start = marks["shardplan_step1"][0]
+    cur = peak = 0
+    for t, n in mem:
+        cur += n
+        if t >= start:
+            peak = max(peak, cur)
+    queue.put((rank, peak, n_params))
+
+
+def measure(dp: int, zero: int, micro_batch: int, ckpt: str) -> dict:
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=rank_main, args=(r, dp, port, zero, micro_batch, ckpt, queue)) for r in range(dp)]
+    for p in procs:
+        p.start()
+    results = sorted(queue.get(timeout=600) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+    import deepspeed
+    import torch
+    return {"size": "gpt2-demo", "engine": "deepspeed", "stage": zero, "seq": SHAPE["max_seq_len"],
+            "vocab": SHAPE["vocab"], "n_layer": SHAPE["n_layers"], "n_embd": SHAPE["hidden"],
+            "n_head": SHAPE["n_heads"], "n_params": results[0][2], "gpu": "cpu", "torch": torch.__version__,
+            "deepspeed": deepspeed.__version__, "mbs": micro_batch, "ckpt": ckpt == "full", "dp": dp,
+            "world_size": dp, "zero_buckets": "shardplan", "precision": "bf16",
+            "peak_allocated": max(r[1] for r in results), "peak_allocated_per_rank": [r[1] for r in results],
+            "ok": True, "note": "profiler memory events on CPU (DS_ACCELERATOR=cpu, gloo); memory only"}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dp", type=int, default=2)
+    ap.add_argument("--zero", type=int, nargs="*", default=[0, 1, 2, 3])
+    ap.add_argument("--micro-batch", type=int, nargs="*", default=[1, 4])
+    ap.add_argument("--checkpointing", nargs="*", default=["none", "full"])
+    args = ap.parse_args()
+    rows = []
+    for mb in args.micro_batch:
+        for ckpt in args.checkpointing:
+            for zero in args.zero:
+                row = measure(args.dp, zero, mb, ckpt)
+                rows.append(row)
+                print(f"dp={args.dp} zero={zero} micro_batch={mb} ckpt={ckpt}: peak "
+                      f"{row['peak_allocated'] / 1e6:.2f} MB per rank "
+                      f"{[round(b / 1e6, 2) for b in row['peak_allocated_per_rank']]}", flush=True)
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    with OUT.open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    print(f"wrote {OUT.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
