@@ -206,6 +206,9 @@ def check_slurm_inventory(run: RunDir, partition: str | None = None) -> None:
     if shutil.which("sbatch") is None:
         raise PreflightError("sbatch is not on PATH: --scheduler slurm needs the SLURM client tools "
                              "(Debian: apt-get install slurm-client) and a reachable slurmctld")
+    conf = os.environ.get("SLURM_CONF")
+    if conf and not Path(conf).is_file():  # the client tools would retry for a minute before failing
+        raise PreflightError(f"SLURM_CONF={conf} does not exist; point it at the cluster's slurm.conf or unset it")
     if os.environ.get("SLURM_JOB_ID") and os.environ.get("SLURM_JOB_NUM_NODES"):
         have, where = int(os.environ["SLURM_JOB_NUM_NODES"]), f"allocation {os.environ['SLURM_JOB_ID']}"
         if have < run.nodes:

@@ -30,10 +30,10 @@ def start_shardplan(*args, env: dict | None = None) -> subprocess.Popen:
                             text=True, env={**os.environ, **(env or {})})
 
 
-def render(out: Path, cluster: str, *extra: str, steps: int = 8) -> Path:
+def render(out: Path, cluster: str, *extra: str, steps: int = 8, global_batch: int = 4) -> Path:
     """A tiny fp32 GPT-2 on CPU processes, data parallel (gloo), small batch: seconds per run."""
     shardplan("render", "--model", "gpt2-tiny", "--cluster", cluster, "--precision", "fp32",
-              "--global-batch", "4", "--tp", "1", "--pp", "1", "--zero", "0", "--steps", str(steps),
+              "--global-batch", str(global_batch), "--tp", "1", "--pp", "1", "--zero", "0", "--steps", str(steps),
               "--out", out, "--force", *extra, check=True, timeout=180)
     return out
 

@@ -1,0 +1,123 @@
+"""Preflight: every reason a launch must not start is one clear line on stderr and exit code 2, with
+nothing started and nothing written (no job.json). Real run directories from `shardplan render`, real
+sockets and name resolution; no process is launched."""
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from launch_helpers import copy_run, render, shardplan
+from shardplan.launch import ranks
+from shardplan.launch.preflight import merge_args, read_hostfile
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    return render(tmp_path_factory.mktemp("rendered") / "gpt2-2proc", "2xCPU", steps=4)
+
+
+def _refused(out, *fragments: str) -> str:
+    err = out.stderr.strip()
+    assert out.returncode == 2, f"exit {out.returncode}\n{out.stdout}\n{err}"
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    for fragment in fragments:
+        assert fragment in err, err
+    return err
+
+
+def test_missing_run_dir_and_files(tmp_path, rendered):
+    _refused(shardplan("launch", tmp_path / "nope", "--dry-run"), "does not exist", "shardplan render")
+    run = copy_run(rendered, tmp_path / "run")
+    (run / "ds_config.json").unlink()
+    _refused(shardplan("launch", run), "ds_config.json is missing", "--force")
+    assert not (run / "job.json").exists()
+
+
+def test_invalid_ds_config_names_the_key(tmp_path, rendered):
+    run = copy_run(rendered, tmp_path / "run")
+    cfg = json.loads((run / "ds_config.json").read_text())
+    cfg["train_batch_size"] = cfg["train_batch_size"] + 1  # no longer micro · accum · dp
+    (run / "ds_config.json").write_text(json.dumps(cfg))
+    _refused(shardplan("launch", run), "does not validate", "train_batch_size", "shardplan validate")
+    assert not (run / "job.json").exists() and not (run / "logs").exists() or not any((run / "logs").iterdir())
+
+
+def test_more_processes_than_cores(tmp_path):
+    run = render(tmp_path / "big", "64xCPU", steps=2, global_batch=64)
+    _refused(shardplan("launch", run), "needs 64 CPU processes", "core")
+
+
+def test_busy_master_port(tmp_path, rendered):
+    run = copy_run(rendered, tmp_path / "run")
+    with socket.socket() as held:
+        held.bind(("", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        _refused(shardplan("launch", run, "--master-port", port), f"master port {port} is in use", "--master-port")
+
+
+def test_hostfile_host_that_does_not_resolve(tmp_path):
+    run = render(tmp_path / "multi", "2x1xCPU", "--hosts", "localhost,no-such-host.invalid", steps=2)
+    assert read_hostfile(run / "hostfile") == [("localhost", 1), ("no-such-host.invalid", 1)]
+    _refused(shardplan("launch", run, "--scheduler", "deepspeed"), "no-such-host.invalid", "does not resolve")
+    _refused(shardplan("launch", run), "--scheduler local runs on this node only")
+
+
+def test_resume_without_checkpoints(tmp_path, rendered):
+    run = copy_run(rendered, tmp_path / "run")
+    _refused(shardplan("launch", run, "--resume"), "nothing to resume")
+
+
+def test_slurm_without_a_controller(tmp_path, rendered):
+    # A SLURM_CONF that points nowhere (or no SLURM client tools at all): refused before any sbatch.
+    out = shardplan("launch", rendered, "--scheduler", "slurm", env={"SLURM_CONF": str(tmp_path / "none.conf")})
+    _refused(out)
+    assert "none.conf does not exist" in out.stderr or "sbatch is not on PATH" in out.stderr, out.stderr
+
+
+def test_moved_run_dir_refuses_its_absolute_sbatch(tmp_path, rendered):
+    run = copy_run(rendered, tmp_path / "moved")
+    _refused(shardplan("launch", run, "--scheduler", "slurm"), "job.sbatch was rendered for", "re-render")
+
+
+def test_status_logs_cancel_before_any_launch(rendered):
+    for command in ("status", "cancel"):
+        out = shardplan(command, rendered)
+        assert out.returncode == 1 and "never launched" in out.stderr or "nothing to cancel" in out.stderr, out.stderr
+    assert shardplan("logs", rendered).returncode == 1
+
+
+def test_merge_args_caller_wins():
+    assert merge_args(("--steps", "8", "--data", "x"), ("--steps", "3")) == ("--data", "x", "--steps", "3")
+    assert merge_args(("--steps", "8"), ("--resume",)) == ("--steps", "8", "--resume")
+
+
+REPORT = """\
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+======================================================
+shardplan.launch.train FAILED
+------------------------------------------------------
+Failures:
+  <NO_OTHER_FAILURES>
+------------------------------------------------------
+Root Cause (first observed failure):
+[0]:
+  time      : 2026-11-28_06:48:03
+  host      : localhost
+  rank      : 1 (local_rank: 0)
+  exitcode  : -9 (pid: 17727)  (SIGKILL)
+  error_file: <N/A>
+  traceback : Signal 9 (SIGKILL) received by PID 17727
+======================================================
+"""
+
+
+def test_torchrun_report_names_the_killed_rank(tmp_path):
+    # The report as torch 2.13's torchrun printed it on the SLURM test cluster (rank 1 SIGKILLed).
+    (found,) = ranks.torchrun_failures(REPORT, "node1.out")
+    assert (found.rank, found.exitcode, found.signal, found.root_cause, found.log) == (1, -9, "SIGKILL", True, "node1.out")
+    failure = ranks.diagnose(Path(tmp_path), 0.0, exit_code=1, reports=[("node1.out", REPORT)])
+    assert failure.rank == 1 and "killed by SIGKILL" in failure.reason and failure.log == "node1.out"
