@@ -43,10 +43,11 @@ write_conf() {
     local ncpu
     ncpu=$(nproc)
     # ProctrackType=linuxproc and TaskPlugin=none: no cgroups needed (containers, CI runners).
+    # The controller's address is given (127.0.0.1), so the host name need not resolve.
     # CPUs per fake node = the real core count: each node may use the whole machine.
     cat > "$CONF.tmp" <<CONF
 ClusterName=shardplantest
-SlurmctldHost=$host
+SlurmctldHost=$host(127.0.0.1)
 SlurmUser=root
 AuthType=auth/munge
 StateSaveLocation=$DIR/state
@@ -86,8 +87,8 @@ start_munge() {
 }
 
 wait_idle() {  # until both nodes are idle, or fail after 60 s with the daemons' logs
-    local i
-    for i in $(seq 1 120); do
+    local _
+    for _ in $(seq 1 120); do
         if [[ $(sinfo -h -N -t idle -o '%N' 2>/dev/null | sort -u | wc -l) -ge ${#NODES[@]} ]]; then
             return 0
         fi
@@ -102,7 +103,8 @@ wait_idle() {  # until both nodes are idle, or fail after 60 s with the daemons'
 start() {
     install
     mkdir -p "$DIR/state" "$DIR/log" "$DIR/spool"
-    [[ -f "$CONF" ]] || write_conf
+    # A running cluster keeps its configuration; a stopped one gets this script's current one.
+    alive "$DIR/slurmctld.pid" && [[ -f "$CONF" ]] || write_conf
     export SLURM_CONF="$CONF"
     start_munge
     if ! alive "$DIR/slurmctld.pid"; then
@@ -119,11 +121,11 @@ start() {
 }
 
 stop_pidfile() {  # stop_pidfile FILE NAME: TERM, wait up to 10 s, then KILL
-    local file=$1 name=$2 pid i
+    local file=$1 name=$2 pid _
     alive "$file" || { rm -f "$file"; return 0; }
     pid=$(cat "$file")
     kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 1 40); do
+    for _ in $(seq 1 40); do
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.25
     done
