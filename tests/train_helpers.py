@@ -15,7 +15,7 @@ TINY_PARAMS = 512 * 64 + 64 * 64 + 2 * (64 * 192 + 192 + 64 * 64 + 64 + 2 * 64 *
 
 def make_run_dir(path: Path, dp=1, tp=1, pp=1, zero=0, micro=4, accum=1, seq_len=32, checkpointing="none",
                  model: dict | None = None, ds_overrides: dict | None = None, prepared_data: bool = True) -> Path:
-    """plan.json + ds_config.json as render writes them (fp32, AdamW, gradient clipping, warmup schedule)."""
+    """plan.json + ds_config.json as render writes them (fp32, AdamW, gradient clipping, warm-up + cosine LR)."""
     path.mkdir(parents=True, exist_ok=True)
     model = dict(model or TINY_MODEL, params=TINY_PARAMS)
     layout = {"dp": dp, "tp": tp, "pp": pp, "zero_stage": zero, "micro_batch": micro, "grad_accum": accum,
@@ -27,8 +27,10 @@ def make_run_dir(path: Path, dp=1, tp=1, pp=1, zero=0, micro=4, accum=1, seq_len
           "gradient_accumulation_steps": accum, "gradient_clipping": 1.0, "steps_per_print": 10**9,
           "optimizer": {"type": "AdamW", "params": {"lr": 3e-3, "betas": [0.9, 0.95], "eps": 1e-8,
                                                     "weight_decay": 0.1, "torch_adam": True}},
-          "scheduler": {"type": "WarmupLR", "params": {"warmup_min_lr": 0, "warmup_max_lr": 3e-3,
-                                                       "warmup_num_steps": 2}},
+          # As render writes it; warm-up starts at 0.1·lr so every compared step really updates the weights.
+          "scheduler": {"type": "WarmupCosineLR", "params": {"total_num_steps": 100, "warmup_num_steps": 2,
+                                                             "warmup_min_ratio": 0.1, "cos_min_ratio": 0.1,
+                                                             "warmup_type": "linear"}},
           "zero_optimization": {"stage": zero}, "bf16": {"enabled": False}, "fp16": {"enabled": False},
           "wall_clock_breakdown": False}
     if tp > 1:

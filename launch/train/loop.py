@@ -95,6 +95,11 @@ def run(opts: Options) -> dict | None:
                       grad_accum=run_cfg.grad_accum, dp=run_cfg.dp, seed=opts.seed)
 
     trainer = build_trainer(run_cfg, opts.seed, init_state)
+    scheduler = trainer.engine.lr_scheduler
+    if getattr(scheduler, "last_batch_iteration", None) == -1 and hasattr(scheduler, "step"):
+        # DeepSpeed's Warmup* schedules start at iteration -1, which gives the first optimizer step lr 0
+        # (deepspeed/runtime/lr_schedules.py get_lr); start at 0 so step 1 trains at the warm-up's first rate.
+        scheduler.step(0)
     start = ckpt.load(trainer.engine, ckpt_dir, resume_tag) if resume_tag else 0
     from .metrics import Metrics
     flops_per_token = run_cfg.model_dict.get("params") or sum(p.numel() for p in trainer.engine.module.parameters())
