@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import subprocess
 import sys
 import warnings
@@ -62,7 +63,7 @@ def write_default_corpus(directory: Path) -> Path:
     path = Path(directory) / f"stdlib-docs-py{sys.version_info.major}.{sys.version_info.minor}.txt"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         subprocess.run([sys.executable, "-I", "-S", __file__, str(tmp)], check=True)
         tmp.replace(path)
     return path

@@ -5,6 +5,7 @@ import functools
 import hashlib
 import json
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,11 @@ import numpy as np
 from .corpus import write_default_corpus
 
 EOT = "<|endoftext|>"
+
+
+def unique_tmp(path: Path) -> Path:
+    """A temporary name no other process writes to (one preparer per node may share the directory)."""
+    return path.with_name(f"{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
 
 
 class DataError(ValueError):
@@ -58,7 +64,7 @@ def load_tokenizer(tokenizer_dir: str | Path | None, files: list[Path], vocab: i
             trainer.train([str(f) for f in files], vocab_size=vocab, min_frequency=2, special_tokens=[EOT],
                           show_progress=False)
             cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_suffix(".tmp")
+            tmp = unique_tmp(cached)
             trainer._tokenizer.save(str(tmp))
             os.replace(tmp, cached)
         tok = Tokenizer.from_file(str(cached))
@@ -92,12 +98,11 @@ def token_file(files: list[Path], tokenizer, tokenizer_source: str, cache_dir: P
     if not ids:
         raise DataError(f"data {', '.join(map(str, files))}: no tokens after tokenization; give files with text")
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp, meta_tmp = unique_tmp(path), unique_tmp(path.with_suffix(".json"))
     np.asarray(ids, dtype=dtype).tofile(tmp)
-    tmp.with_suffix(".json").write_text(json.dumps({"dtype": np.dtype(dtype).name, "tokens": len(ids),
-                                                    "tokenizer": tokenizer_source,
-                                                    "files": [str(f) for f in files]}))
-    os.replace(tmp.with_suffix(".json"), path.with_suffix(".json"))
+    meta_tmp.write_text(json.dumps({"dtype": np.dtype(dtype).name, "tokens": len(ids), "tokenizer": tokenizer_source,
+                                    "files": [str(f) for f in files]}))
+    os.replace(meta_tmp, path.with_suffix(".json"))   # metadata first: the .bin appearing means both are there
     os.replace(tmp, path)
     return path
 

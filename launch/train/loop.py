@@ -29,33 +29,28 @@ class UserError(ValueError):
     """Raised on any rank for bad input after the process group exists; every rank exits 2."""
 
 
-def _broadcast_error(message: str | None) -> None:
-    """Rank 0 did work the others wait for; if it failed, all ranks stop with its message."""
+def _prepare_data(opts: Options, run, local_rank: int):
+    """Local rank 0 of every node tokenizes (cached in the run dir; the result is deterministic, so nodes
+    with separate disks agree) while the other ranks wait; then every rank maps the token file."""
     import deepspeed.comm as dist
-    box = [message]
-    dist.broadcast_object_list(box, src=0)
-    if box[0] is not None:
-        raise UserError(box[0])
-
-
-def _prepare_data(opts: Options, run, rank: int):
-    """Rank 0 tokenizes (cached in the run dir) while the others wait; then all map the token file."""
     from .data import DataError, load_tokenizer, open_tokens, text_files, token_file
     cache = opts.run_dir / "data"
-    error, path, source = None, None, None
-    if rank == 0:
+    result: dict = {}
+    if local_rank == 0:
         try:
             files = text_files(opts.data, cache)
             tokenizer, source = load_tokenizer(opts.tokenizer, files, run.model.vocab, cache)
-            path = token_file(files, tokenizer, source, cache)
+            result = {"path": str(token_file(files, tokenizer, source, cache)), "tokenizer": source}
         except DataError as e:
-            error = str(e)
-    _broadcast_error(error)
-    import deepspeed.comm as dist
-    box = [(str(path), source)]
-    dist.broadcast_object_list(box, src=0)
-    path, source = Path(box[0][0]), box[0][1]
-    return open_tokens(path), {"tokens_file": path.name, "tokenizer": source}
+            result = {"error": str(e)}
+    results = [None] * dist.get_world_size()
+    dist.all_gather_object(results, result)
+    errors = [r["error"] for r in results if "error" in r]
+    if errors:
+        raise UserError(errors[0])
+    preparer = results[dist.get_rank() - local_rank]   # this node's local rank 0
+    path = Path(preparer["path"])
+    return open_tokens(path), {"tokens_file": path.name, "tokenizer": preparer["tokenizer"]}
 
 
 def run(opts: Options) -> dict | None:
@@ -86,7 +81,7 @@ def run(opts: Options) -> dict | None:
     import deepspeed.comm as dist
 
     from .data import Sampler
-    tokens, data_facts = _prepare_data(opts, run_cfg, rank)
+    tokens, data_facts = _prepare_data(opts, run_cfg, int(os.environ.get("LOCAL_RANK", "0")))
     metadata = {"layout": run_cfg.layout_dict(), "model": run_cfg.model.shape_dict(),
                 "data": {**data_facts, "seed": opts.seed}}
     if resume_tag:
