@@ -1,9 +1,15 @@
 """shardplan's GPT-2 training program, driven by a run directory's plan.json and ds_config.json.
 
-Examples (from a rendered run directory):
-  deepspeed --num_gpus 2 -m shardplan.launch.train --run-dir runs/demo --steps 50
+Usually started by the run directory's scripts (shardplan render writes them; shardplan launch runs them).
+Examples:
+  shardplan launch runs/demo                     # launch.sh: the deepspeed launcher on this node
+  deepspeed --num_gpus 2 --module shardplan.launch.train --run-dir runs/demo --steps 50
   torchrun --nproc-per-node 2 -m shardplan.launch.train --run-dir runs/demo --resume --steps 100
-  python -m shardplan.launch.train --run-dir runs/one --data corpus/ --tokenizer gpt2-tokenizer/ --init-from gpt2/
+  python -m shardplan.launch.train --run-dir runs/one --data corpus/ --tokenizer gpt2-tok/ --init-from gpt2/
+
+Without --data it trains on a corpus generated from Python's standard-library docstrings (nothing is
+downloaded). Writes <run-dir>/metrics.jsonl (one JSON line per step, a summary at the end) and
+checkpoints/ (step_<N> tags, `latest` moved only after every rank saved). Bad input: exit code 2.
 """
 from __future__ import annotations
 

@@ -60,6 +60,12 @@ def run(opts: Options) -> dict | None:
         run_cfg = load_run_config(opts.run_dir, world_size)
         ckpt_dir = ckpt.checkpoint_dir(opts.run_dir)
         resume_tag = ckpt.check_start(ckpt_dir, opts.resume, opts.overwrite_checkpoints)
+        if run_cfg.tp > 1 and run_cfg.pp > 1:
+            try:
+                import megatron.core  # noqa: F401
+            except ImportError:
+                raise UserError(f"tp ({run_cfg.tp}) × pp ({run_cfg.pp}) uses Megatron-core tensor-parallel layers: "
+                                "pip install 'shardplan[megatron]' (or re-plan with --tp 1 or --pp 1)") from None
         if opts.steps < 1:
             raise UserError(f"--steps ({opts.steps}) must be at least 1")
         init_state = None
