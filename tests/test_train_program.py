@@ -135,3 +135,12 @@ def test_init_from_hugging_face_weights(tmp_path):
     wrong = make_run_dir(tmp_path / "wrong", model=dict(TINY_MODEL, n_layers=4), prepared_data=False)
     _fails_cleanly(train_single(wrong, "--steps", "1", "--init-from", str(hf_dir)),
                    "n_layers: plan 4 vs checkpoint 2")
+
+
+def test_run_dir_checks_import_no_torch():
+    """render and launch import the checks and the tensor-parallel names without paying for torch."""
+    import subprocess
+    import sys
+    code = ("import sys, shardplan.launch.train.config, shardplan.launch.train.checkpoint, "
+            "shardplan.launch.train.spec; assert 'torch' not in sys.modules and 'numpy' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,4 +1,7 @@
-"""What one training run is: plan.json's model and layout, ds_config.json for the engine, checked against each other."""
+"""What one training run is: plan.json's model and layout, ds_config.json for the engine, checked against each other.
+
+Torch-free, so `shardplan launch` can run the same checks before it starts any process.
+"""
 from __future__ import annotations
 
 import copy
@@ -6,7 +9,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .model import GPTConfig, autotp_partition_config
+from .spec import GPTConfig, autotp_partition_config
 
 
 class RunConfigError(ValueError):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -17,46 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-# Tensor-parallel roles of the projections live in a torch-free module so render can import them.
-from .tp_spec import COLUMN_PARALLEL, FUSED_QKV, ROW_PARALLEL, autotp_partition_config  # noqa: E402,F401
-
-
-@dataclass(frozen=True)
-class GPTConfig:
-    n_layers: int
-    hidden: int
-    n_heads: int
-    ffn_hidden: int
-    vocab: int
-    max_seq_len: int
-    checkpointing: str = "none"   # none | full (per-block recompute) | selective (attention core only)
-
-    def __post_init__(self) -> None:
-        if self.hidden % self.n_heads:
-            raise ValueError(f"n_heads({self.n_heads}) must divide hidden({self.hidden})")
-        if self.checkpointing not in ("none", "full", "selective"):
-            raise ValueError(f"checkpointing({self.checkpointing!r}) must be none, full or selective")
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden // self.n_heads
-
-    @classmethod
-    def from_model_dict(cls, m: dict, checkpointing: str = "none") -> "GPTConfig":
-        """From plan.json's best.model (ModelSpec.to_dict)."""
-        if m.get("arch") != "gpt2":
-            raise ValueError(f"model arch({m.get('arch')!r}): the training program builds GPT-2 only; "
-                             "plan a gpt2 model (e.g. --model gpt2-demo) or train llama with your own program")
-        if not m.get("tied_embeddings", True):
-            raise ValueError("model tied_embeddings(False): this GPT-2 ties wte and the LM head; plan a tied model")
-        if m.get("n_kv_heads", m["n_heads"]) != m["n_heads"]:
-            raise ValueError(f"n_kv_heads({m['n_kv_heads']}) != n_heads({m['n_heads']}): GPT-2 has no GQA")
-        return cls(n_layers=m["n_layers"], hidden=m["hidden"], n_heads=m["n_heads"], ffn_hidden=m["ffn_hidden"],
-                   vocab=m["vocab"], max_seq_len=m["max_seq_len"], checkpointing=checkpointing)
-
-    def shape_dict(self) -> dict:
-        return {"n_layers": self.n_layers, "hidden": self.hidden, "n_heads": self.n_heads,
-                "ffn_hidden": self.ffn_hidden, "vocab": self.vocab, "max_seq_len": self.max_seq_len}
+# The shape and the tensor-parallel roles live in a torch-free module so render and launch can import them.
+from .spec import COLUMN_PARALLEL, FUSED_QKV, ROW_PARALLEL, GPTConfig, autotp_partition_config  # noqa: F401
 
 
 def _generator(seed: int, name: str) -> torch.Generator:
