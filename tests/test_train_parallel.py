@@ -100,3 +100,16 @@ def test_3d_tp2_pp2_dp2_matches_single_process(reference, tmp_path):
     _assert_same_losses(losses(run_dir), reference, "tp2-pp2-dp2")
     ranks = summary(run_dir)["ranks"]
     assert all(r["blocks"] == 1 and r["projection_weights"] == TINY_PROJECTION_WEIGHTS // 4 for r in ranks)
+
+
+@pytest.mark.skipif(not os.environ.get("SHARDPLAN_SLOW_TESTS"),
+                    reason="~2 min on 2 cores; set SHARDPLAN_SLOW_TESTS=1")
+@pytest.mark.parametrize("name", ["dp2-zero3", "tp2", "pp2", "tp2-pp2"])
+def test_resume_is_exact_in_every_method(name, tmp_path):
+    """ZeRO-3 shards, AutoTP shards, pipeline stages and Megatron shards all restore exactly."""
+    layout, nproc = LAYOUTS[name]
+    straight, split = make_run_dir(tmp_path / "a", **layout), make_run_dir(tmp_path / "b", **layout)
+    _train_ok(straight, nproc, "--steps", "4")
+    _train_ok(split, nproc, "--steps", "2")
+    _train_ok(split, nproc, "--steps", "4", "--resume")
+    assert losses(split) == losses(straight)
