@@ -9,6 +9,8 @@ calibration's format (memory only: CPU step times say nothing about GPUs); bench
 
     python benchmarks/cpu_memory_probe.py           # dp=2, ZeRO 0-3, micro-batch 1/4, checkpointing none/full
     python benchmarks/cpu_memory_probe.py --zero 2 --dp 2 --micro-batch 4 --checkpointing none
+    python benchmarks/cpu_memory_probe.py --dp 1 --tp 2 --zero 0 1 --micro-batch 4 --checkpointing none \
+        --out benchmarks/results/measured/cpu_deepspeed_tp.jsonl
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ OUT = ROOT / "benchmarks" / "results" / "measured" / "cpu_deepspeed_dp.jsonl"
 SHAPE = dict(n_layers=4, hidden=128, n_heads=4, ffn_hidden=512, vocab=2048, max_seq_len=128)   # gpt2-demo
 
 
-def ds_config(zero: int, micro_batch: int, dp: int) -> dict:
+def ds_config(zero: int, micro_batch: int, dp: int, tp: int = 1) -> dict:
     from shardplan.planner.ds_knobs import zero_knobs
     k = zero_knobs(SHAPE["hidden"], zero, "shardplan", on_gpu=False)
     zc = {"stage": zero, "overlap_comm": k.overlap_comm, "reduce_bucket_size": k.reduce_bucket,
@@ -32,13 +34,17 @@ def ds_config(zero: int, micro_batch: int, dp: int) -> dict:
     if zero == 3:
         zc.update(stage3_prefetch_bucket_size=k.prefetch_bucket,
                   stage3_param_persistence_threshold=k.persistence_threshold)
-    return {"train_micro_batch_size_per_gpu": micro_batch, "gradient_accumulation_steps": 1,
-            "train_batch_size": micro_batch * dp, "bf16": {"enabled": True}, "zero_optimization": zc,
-            "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "weight_decay": 0.1, "torch_adam": True}},
-            "steps_per_print": 10**9, "wall_clock_breakdown": False}
+    cfg = {"train_micro_batch_size_per_gpu": micro_batch, "gradient_accumulation_steps": 1,
+           "train_batch_size": micro_batch * dp, "bf16": {"enabled": True}, "zero_optimization": zc,
+           "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "weight_decay": 0.1, "torch_adam": True}},
+           "steps_per_print": 10**9, "wall_clock_breakdown": False}
+    if tp > 1:   # what the training program sends AutoTP (launch/train/config.py)
+        from shardplan.launch.train.model import autotp_partition_config
+        cfg["tensor_parallel"] = {"autotp_size": tp, "partition_config": autotp_partition_config()}
+    return cfg
 
 
-def rank_main(rank: int, world: int, port: int, zero: int, micro_batch: int, ckpt: str, queue) -> None:
+def rank_main(rank: int, world: int, port: int, zero: int, micro_batch: int, ckpt: str, queue, tp: int = 1) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank), DS_ACCELERATOR="cpu")
     import torch
@@ -50,11 +56,18 @@ def rank_main(rank: int, world: int, port: int, zero: int, micro_batch: int, ckp
         deepspeed.init_distributed(dist_backend="gloo")
         model = GPT(GPTConfig(**SHAPE, checkpointing=ckpt))
         n_params = sum(p.numel() for p in model.parameters())   # before ZeRO-3 empties the module's params
-        engine, *_ = deepspeed.initialize(model=model, config=ds_config(zero, micro_batch, world),
-                                          model_parameters=model.parameters())
+        mpu = None
+        if tp > 1:   # as launch/train/parallel.py does: AutoTP's groups first, passed as mpu
+            from deepspeed.utils import groups
+            groups._init_tp_mesh_device(tensor_model_parallel_size=tp)
+            mpu = groups
+        engine, *_ = deepspeed.initialize(model=model, config=ds_config(zero, micro_batch, world // tp, tp),
+                                          model_parameters=model.parameters(), mpu=mpu)
         for step in range(3):
             with record_function(f"shardplan_step{step}"):
-                x = torch.randint(0, SHAPE["vocab"], (micro_batch, SHAPE["max_seq_len"]))
+                # the same tokens on every rank: tensor-parallel ranks must see one batch
+                x = torch.randint(0, SHAPE["vocab"], (micro_batch, SHAPE["max_seq_len"]),
+                                  generator=torch.Generator().manual_seed(step))
                 loss = engine(x, torch.roll(x, -1, dims=1))
                 engine.backward(loss)
                 engine.step()
@@ -70,17 +83,29 @@ def rank_main(rank: int, world: int, port: int, zero: int, micro_batch: int, ckp
     queue.put((rank, peak, n_params))
 
 
-def measure(dp: int, zero: int, micro_batch: int, ckpt: str) -> dict:
+def measure(dp: int, zero: int, micro_batch: int, ckpt: str, tp: int = 1) -> dict:
     import torch.multiprocessing as mp
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=rank_main, args=(r, dp, port, zero, micro_batch, ckpt, queue)) for r in range(dp)]
+    world = dp * tp
+    procs = [ctx.Process(target=rank_main, args=(r, world, port, zero, micro_batch, ckpt, queue, tp))
+             for r in range(world)]
     for p in procs:
         p.start()
-    results = sorted(queue.get(timeout=600) for _ in procs)
+    import queue as queues
+    results = []
+    while len(results) < world:
+        try:
+            results.append(queue.get(timeout=5))
+        except queues.Empty:
+            if any(p.exitcode not in (None, 0) for p in procs):
+                for p in procs:
+                    p.kill()
+                raise RuntimeError(f"a rank failed (exit codes {[p.exitcode for p in procs]}); see its traceback")
+    results.sort()
     for p in procs:
         p.join(timeout=60)
     import deepspeed
@@ -89,7 +114,7 @@ def measure(dp: int, zero: int, micro_batch: int, ckpt: str) -> dict:
             "vocab": SHAPE["vocab"], "n_layer": SHAPE["n_layers"], "n_embd": SHAPE["hidden"],
             "n_head": SHAPE["n_heads"], "n_params": results[0][2], "gpu": "cpu", "torch": torch.__version__,
             "deepspeed": deepspeed.__version__, "mbs": micro_batch, "ckpt": ckpt == "full", "dp": dp,
-            "world_size": dp, "zero_buckets": "shardplan", "precision": "bf16",
+            "tp": tp, "world_size": world, "zero_buckets": "shardplan", "precision": "bf16",
             "peak_allocated": max(r[1] for r in results), "peak_allocated_per_rank": [r[1] for r in results],
             "ok": True, "note": "profiler memory events on CPU (DS_ACCELERATOR=cpu, gloo); memory only"}
 
@@ -97,6 +122,8 @@ def measure(dp: int, zero: int, micro_batch: int, ckpt: str) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dp", type=int, default=2)
+    ap.add_argument("--tp", type=int, default=1, help="AutoTP degree (world = dp x tp)")
+    ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--zero", type=int, nargs="*", default=[0, 1, 2, 3])
     ap.add_argument("--micro-batch", type=int, nargs="*", default=[1, 4])
     ap.add_argument("--checkpointing", nargs="*", default=["none", "full"])
@@ -105,16 +132,16 @@ def main() -> int:
     for mb in args.micro_batch:
         for ckpt in args.checkpointing:
             for zero in args.zero:
-                row = measure(args.dp, zero, mb, ckpt)
+                row = measure(args.dp, zero, mb, ckpt, args.tp)
                 rows.append(row)
-                print(f"dp={args.dp} zero={zero} micro_batch={mb} ckpt={ckpt}: peak "
+                print(f"dp={args.dp} tp={args.tp} zero={zero} micro_batch={mb} ckpt={ckpt}: peak "
                       f"{row['peak_allocated'] / 1e6:.2f} MB per rank "
                       f"{[round(b / 1e6, 2) for b in row['peak_allocated_per_rank']]}", flush=True)
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    with OUT.open("w") as f:
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with args.out.open("w") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
-    print(f"wrote {OUT.relative_to(ROOT)}")
+    print(f"wrote {args.out}")
     return 0
 
 
