@@ -44,21 +44,18 @@ class Trainer:
         if self.pipeline:
             batches = iter([sampler.batch(tokens, step, m, self.dp_rank) for m in range(self.run.grad_accum)])
             return float(self.engine.train_batch(data_iter=batches))
-        total = torch.zeros(())
+        device = self.engine.device
+        total = torch.zeros((), device=device)   # summed on the device: one host sync per step, not per micro-batch
         for micro_step in range(self.run.grad_accum):
             x, y = sampler.batch(tokens, step, micro_step, self.dp_rank)
-            device = self.engine.device
-            loss = self.engine(x.to(device), y.to(device))
+            loss = self.engine(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
             self.engine.backward(loss)
             self.engine.step()
-            total += loss.detach().float().cpu()
-        total /= self.run.grad_accum
+            total += loss.detach().float()
         if self.run.dp > 1:   # every micro-batch holds the same number of tokens: mean of means is the mean
             import deepspeed.comm as dist
-            t = total.to(self.engine.device)
-            dist.all_reduce(t, group=self.dp_group)
-            total = t.cpu() / self.run.dp
-        return float(total)
+            dist.all_reduce(total, group=self.dp_group)
+        return total.item() / (self.run.grad_accum * self.run.dp)
 
     def rank_facts(self) -> dict:
         """What this rank holds: parameters (ZeRO-3 shard size when partitioned), blocks, tp-sharded weights."""
