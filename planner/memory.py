@@ -63,6 +63,10 @@ def _stage_phases(model: ModelSpec, shape: StageShape, layout: Layout, training:
     phases = []
     if shape.has_head:
         loss = loss_peak_bytes(model, tokens, shards)
+        if layout.pp > 1:
+            # DeepSpeed's PipelineEngine keeps each micro-batch's stage output (here the logits) in its pipe
+            # buffers, at least two of them (TrainSchedule.num_pipe_buffers): two model-dtype logits tensors
+            loss += 2 * act_b * tokens * model.vocab // shards
         phases.append(("loss", (params, held, st.optimizer, acts + head, always + loss)))
     tied = tied_head_grad_bytes(model, act_b, shards) if shape.has_head and shape.has_embedding else 0
     phases.append(("bwd_top", (params, held + tied, st.optimizer, acts + head + work, always + st.buffers_bwd)))

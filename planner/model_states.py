@@ -77,8 +77,9 @@ def deepspeed_states(model: ModelSpec, shape: StageShape, dp: int, zero: int, of
     if zero == 0:
         if pp > 1 and lp < 4:
             # BF16_Optimizer: flat bf16 weights + flat hp grads (bf16 unless grad_accum_dtype says fp32)
+            # the low-precision param grads stay until zero_grad (immediate_grad_update is off by default)
             return StateBytes(lp * p, 12 * p // dp, 2 * lp * p, 2 * lp * p, 0, 0,
-                              lp * p + 4 * p // dp, sqrt_temp(p // dp, p // dp))
+                              2 * lp * p + 4 * p // dp, sqrt_temp(p // dp, p // dp))
         opt = (12 if lp < 4 else 8) * p
         allreduce = min(p, knobs.reduce_bucket) * lp if dp > 1 else 0   # engine's buffered_allreduce_fallback
         return StateBytes(lp * p, opt, lp * p, lp * p + 2 * tied, allreduce, 0, lp * p + up * p,
