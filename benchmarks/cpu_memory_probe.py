@@ -139,7 +139,8 @@ def measure(dp: int, zero: int, micro_batch: int, ckpt: str, tp: int = 1, pp: in
             "vocab": SHAPE["vocab"], "n_layer": SHAPE["n_layers"], "n_embd": SHAPE["hidden"],
             "n_head": SHAPE["n_heads"], "n_params": results[0][2], "gpu": "cpu", "torch": torch.__version__,
             "deepspeed": deepspeed.__version__, "mbs": micro_batch, "ckpt": ckpt == "full", "dp": dp,
-            "tp": tp, "pp": pp, "grad_accum": grad_accum, "world_size": world, "zero_buckets": "shardplan", "precision": "bf16",
+            "tp": tp, "pp": pp, "grad_accum": grad_accum, "world_size": world, "zero_buckets": "shardplan",
+            "precision": "bf16",
             "peak_allocated": max(r[1] for r in results), "peak_allocated_per_rank": [r[1] for r in results],
             "ok": True, "note": "profiler memory events on CPU (DS_ACCELERATOR=cpu, gloo); memory only"}
 

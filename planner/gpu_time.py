@@ -126,5 +126,6 @@ def microbatch_gpu_s(gpu: GPUType, model: ModelSpec, layers: int, micro_batch: i
     total = layers * per_layer
     if has_head:
         v = model.vocab // tp if sequence_parallel else model.vocab     # vocabulary-parallel head and loss
-        total += fwd_bwd_gemm_s(gpu, [(tokens, v, model.hidden)], mm_prec) + loss_bytes(model, tokens) / bw * v / model.vocab
+        total += (fwd_bwd_gemm_s(gpu, [(tokens, v, model.hidden)], mm_prec)
+                  + loss_bytes(model, tokens) / bw * v / model.vocab)
     return total

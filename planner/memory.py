@@ -71,7 +71,8 @@ def _stage_phases(model: ModelSpec, shape: StageShape, layout: Layout, training:
     tied = tied_head_grad_bytes(model, act_b, shards) if shape.has_head and shape.has_embedding else 0
     phases.append(("bwd_top", (params, held + tied, st.optimizer, acts + head + work, always + st.buffers_bwd)))
     rest = (inflight - 1) * shape.layers * saved
-    phases.append(("bwd_end", (params, st.grads_persistent + st.grads_end, st.optimizer, rest + work, always + st.buffers_bwd)))
+    phases.append(("bwd_end", (params, st.grads_persistent + st.grads_end, st.optimizer, rest + work,
+                               always + st.buffers_bwd)))
     phases.append(("step", (st.params, st.step_grads, st.optimizer, 0, always + st.step_other)))
     return phases
 
