@@ -79,13 +79,11 @@ def launch(run_dir, train_extra, scheduler, dry_run, resume, steps, follow, mast
     train_args += ("--resume",) if resume else ()
     try:
         run = pf.preflight(run_dir, scheduler, master_port=master_port, master_addr=master_addr,
-                           partition=partition)
+                           partition=partition, resume=resume)
         cmd = runner.build_command(run, scheduler, master_port=master_port, master_addr=master_addr,
                                    train_args=train_args, partition=partition)
     except ValueError as e:  # PreflightError, and bad values the command builders reject
         _fail(str(e))
-    if resume and not (run.path / "checkpoints").is_dir():
-        _fail(f"--resume: {run.path / 'checkpoints'} does not exist (nothing to resume); launch without --resume")
     if dry_run:
         info = runner.describe(run, scheduler, cmd)
         if as_json:
@@ -179,7 +177,8 @@ def status(run_dir, as_json):
         return
     ident = f"job {info['job_id']}" if info.get("job_id") else f"pid {info.get('pid')}"
     click.echo(f"{info['state']}  ({info['scheduler']} {ident}, {info['elapsed_s']:.0f}s, state from {info['source']})")
-    for key in ("exit_code", "nodes", "last_step", "last_loss", "failed_rank", "failed_log", "reason", "note"):
+    for key in ("exit_code", "nodes", "last_step", "last_loss", "failed_rank", "failed_log", "failure", "reason",
+                "note"):
         if info.get(key) not in (None, ""):
             click.echo(f"  {key}: {info[key]}")
 

@@ -219,7 +219,8 @@ def check_slurm_inventory(run: RunDir, partition: str | None = None) -> None:
     try:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=30)
     except subprocess.TimeoutExpired:
-        raise PreflightError("sinfo did not answer in 30 s: is slurmctld up? (check SLURM_CONF, `scontrol ping`)") from None
+        raise PreflightError("sinfo did not answer in 30 s: is slurmctld up? "
+                             "(check SLURM_CONF, `scontrol ping`)") from None
     if out.returncode != 0:
         raise PreflightError(f"sinfo failed: {out.stderr.strip() or out.stdout.strip()}; is slurmctld up "
                              "and SLURM_CONF right? (`scontrol ping`)")
@@ -242,11 +243,13 @@ def check_slurm_inventory(run: RunDir, partition: str | None = None) -> None:
 
 
 def preflight(run_path: str | os.PathLike, scheduler: str, *, master_port: int | None = None,
-              master_addr: str | None = None,
-              partition: str | None = None) -> RunDir:
+              master_addr: str | None = None, partition: str | None = None, resume: bool = False) -> RunDir:
     """All the checks for `shardplan launch RUN_DIR --scheduler S`; returns the loaded run directory."""
     need = {"slurm": ("job.sbatch",)}.get(scheduler, ())
     run = load_run_dir(run_path, need=need)
+    ckpt = run.path / "checkpoints"
+    if resume and not (ckpt.is_dir() and any(ckpt.iterdir())):
+        raise PreflightError(f"--resume: {ckpt} holds no checkpoint (nothing to resume); launch without --resume")
     check_ds_config(run)
     if scheduler == "slurm":
         rendered_for = (run.plan.get("launch") or {}).get("run_dir")

@@ -220,8 +220,8 @@ def diagnose(log_dir: Path, since: float, *, exit_code: int | None, watched: lis
         why = "its process ended first"
     elif reported is not None:
         rank = reported.rank
-        why = (f"exit code {reported.exitcode}" + (f" ({reported.signal})" if reported.signal else "")
-               + f" on {reported.host}")
+        why = (f"killed by {reported.signal}" if reported.signal else f"exit code {reported.exitcode}") \
+            + f" on {reported.host}"
     else:
         errors = [r for r, p in sorted(logs.items()) if _ERROR.search("\n".join(tail(p, 80)))]
         rank = next((r for r in errors if not is_victim(logs[r])), errors[0] if errors else None)
@@ -229,12 +229,13 @@ def diagnose(log_dir: Path, since: float, *, exit_code: int | None, watched: lis
     log = logs.get(rank) if rank is not None else None
     if reported is not None and rank == reported.rank and reported.log and log is None:
         log = Path(reported.log)
-    detail = last_error_line(log) if log else None
-    code_seen = _DS_EXIT.search("\n".join(text for _, text in reports))
-    if detail is None and code_seen and int(code_seen.group(1)) < 0:
-        detail = f"killed by {_signal_name(-int(code_seen.group(1)))}"
     if reported is not None and rank == reported.rank and reported.signal:
-        detail = f"killed by {reported.signal}"
+        detail = None if not candidates else f"killed by {reported.signal}"  # `why` says it otherwise
+    else:
+        detail = last_error_line(log) if log else None
+        ds_exit = _DS_EXIT.search("\n".join(text for _, text in reports))
+        if detail is None and ds_exit and int(ds_exit.group(1)) < 0:
+            detail = f"killed by {_signal_name(-int(ds_exit.group(1)))}"
     code = f"exit code {exit_code}" if exit_code is not None else "failed"
     if rank is None:
         return Failure(None, None, f"the job {code}; no rank log names the cause: see {log_dir}")

@@ -232,7 +232,8 @@ def report_outcome(job: JobRecord, echo, run_dir: Path, launcher_log: Path | Non
     if job.state == COMPLETED:
         echo(f"COMPLETED in {took}. metrics: {run_dir / 'metrics.jsonl'}  checkpoints: {run_dir / 'checkpoints'}")
         return
-    where = f"; log: {job.failed_log}" if job.failed_log else (f"; launcher log: {launcher_log}" if launcher_log else "")
+    where = (f"; log: {job.failed_log}" if job.failed_log
+             else f"; launcher log: {launcher_log}" if launcher_log else "")
     echo(f"{job.state} after {took}: {job.reason or 'no reason recorded'}{where}")
     if job.state == FAILED and job.failed_log:
         for line in ranks.tail(Path(job.failed_log), 5):
@@ -264,11 +265,11 @@ def follow_slurm(run_dir: Path, job: JobRecord, echo, procs_per_node: int = 1) -
     seen = {"state": None}
 
     def on_poll(state: slurm.SlurmState) -> None:
+        progress.poll(force=state.final)
         if state.state != seen["state"]:
             seen["state"] = state.state
             nodes = f" on {state.nodes}" if state.nodes and state.nodes != "(null)" else ""
             echo(f"job {state.job_id}: {state.state}{nodes}")
-        progress.poll()
 
     final = slurm.wait(job.job_id, on_poll=on_poll)
     progress.poll(force=True)
@@ -329,9 +330,11 @@ def status(run_dir: Path) -> dict:
     if rows:
         info["last_step"] = rows[-1]["step"]
         info["last_loss"] = rows[-1].get("loss")
-    for key in ("failed_rank", "failed_log", "reason"):
-        if getattr(job, key) is not None and info.get(key) in (None, ""):
+    for key in ("failed_rank", "failed_log"):
+        if getattr(job, key) is not None:
             info[key] = getattr(job, key)
+    if job.reason:
+        info["failure" if job.state != CANCELLED else "reason"] = job.reason
     return info
 
 

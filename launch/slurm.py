@@ -46,7 +46,8 @@ def _run(argv: list[str]) -> subprocess.CompletedProcess:
     except FileNotFoundError:
         raise SlurmError(f"{argv[0]} is not on PATH: install the SLURM client tools (Debian: slurm-client)") from None
     except subprocess.TimeoutExpired:
-        raise SlurmError(f"`{' '.join(argv)}` did not answer in {_TIMEOUT} s: is slurmctld up? (`scontrol ping`)") from None
+        raise SlurmError(f"`{' '.join(argv)}` did not answer in {_TIMEOUT} s: "
+                         "is slurmctld up? (`scontrol ping`)") from None
 
 
 def submit_command(run_dir: str, *, partition: str | None = None, extra_sbatch: tuple[str, ...] = (),

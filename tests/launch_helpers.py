@@ -21,7 +21,8 @@ def shardplan(*args, env: dict | None = None, timeout: float = 300, check: bool 
     out = subprocess.run(CLI + [str(a) for a in args], capture_output=True, text=True, timeout=timeout,
                          env={**os.environ, **(env or {})})
     if check and out.returncode != 0:
-        raise AssertionError(f"shardplan {' '.join(map(str, args))} exited {out.returncode}:\n{out.stdout}\n{out.stderr}")
+        command = " ".join(map(str, args))
+        raise AssertionError(f"shardplan {command} exited {out.returncode}:\n{out.stdout}\n{out.stderr}")
     return out
 
 

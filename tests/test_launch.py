@@ -34,7 +34,8 @@ def test_dry_run_prints_the_command_and_changes_nothing(rendered, tmp_path):
     assert out.returncode == 0, out.stderr
     assert "export DS_ACCELERATOR=cpu" in out.stdout and "gloo" in out.stdout
     assert re.search(rf"deepspeed\.launcher\.runner --num_gpus 2 --master_addr 127\.0\.0\.1 --master_port {port} "
-                     rf".*--module shardplan\.launch\.train --run-dir {re.escape(str(run))} --steps 3$", out.stdout, re.M)
+                     rf".*--module shardplan\.launch\.train --run-dir {re.escape(str(run))} --steps 3$",
+                     out.stdout, re.M)
     info = json.loads(shardplan("launch", run, "--dry-run", "--json", "--scheduler", "torchrun",
                                 "--master-port", port).stdout)
     assert info["argv"][2:4] == ["-m", "torch.distributed.run"] and "--max-restarts" in info["argv"]

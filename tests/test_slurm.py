@@ -8,6 +8,7 @@ which job.sbatch reads as SHARDPLAN_MASTER_ADDR). The test cluster has no slurmd
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import time
@@ -29,7 +30,7 @@ def two_node_run(tmp_path):
 
 def _scontrol(job_id: str, env: dict) -> dict:
     out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True,
-                         env={**__import__("os").environ, **env}, timeout=30)
+                         env={**os.environ, **env}, timeout=30)
     return dict(re.findall(r"(\w+)=(\S*)", out.stdout))
 
 
