@@ -84,6 +84,11 @@ def launch(run_dir, train_extra, scheduler, dry_run, resume, steps, follow, mast
                                    train_args=train_args, partition=partition)
     except ValueError as e:  # PreflightError, and bad values the command builders reject
         _fail(str(e))
+    if not dry_run:
+        try:
+            runner.check_not_running(run.path)
+        except (runner.LaunchError, SlurmError) as e:
+            _fail(str(e))
     if dry_run:
         info = runner.describe(run, scheduler, cmd)
         if as_json:

@@ -7,7 +7,6 @@ and cancellation. The exit code of a launch mirrors the job's: 0 when it complet
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -17,6 +16,7 @@ import time
 from pathlib import Path
 
 from . import jobs, ranks, slurm
+from .progress import MetricsTail, Progress
 from .commands import Command, command_for
 from .jobs import CANCELLED, COMPLETED, FAILED, RUNNING, JobRecord
 from .preflight import RunDir
@@ -59,63 +59,6 @@ def print_dry_run(info: dict, echo) -> None:
     echo("# command:")
     echo(Command(tuple(info["argv"]), {}).shell())
     echo(f"# rank logs: {info['logs']}/  job record: {info['run_dir']}/job.json")
-
-
-# ---------------------------------------------------------------- progress
-
-class MetricsTail:
-    """Reads the lines rank 0 appends to metrics.jsonl since we started looking."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.offset = path.stat().st_size if path.exists() else 0
-        self.last: dict | None = None
-
-    def poll(self) -> list[dict]:
-        if not self.path.exists():
-            return []
-        if self.path.stat().st_size < self.offset:  # rewritten (a resume truncates it)
-            self.offset = 0
-        with self.path.open() as f:
-            f.seek(self.offset)
-            chunk = f.read()
-        complete = chunk[: chunk.rfind("\n") + 1]
-        self.offset += len(complete.encode())
-        rows = []
-        for line in complete.splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                continue
-        steps = [r for r in rows if "step" in r]
-        if steps:
-            self.last = steps[-1]
-        return rows
-
-
-def progress_line(row: dict) -> str | None:
-    if "step" not in row or "loss" not in row:
-        return None
-    tps = row.get("tokens_per_s")
-    return (f"step {row['step']}  loss {row['loss']:.4f}" + (f"  {tps:,.0f} tokens/s" if tps else "")
-            + (f"  world {row['world_size']}" if "world_size" in row else ""))
-
-
-class Progress:
-    """Prints a progress line at most every `every` seconds, and the last one when asked."""
-
-    def __init__(self, run_dir: Path, echo, every: float = 2.0) -> None:
-        self.tail, self.echo, self.every, self.shown = MetricsTail(run_dir / "metrics.jsonl"), echo, every, 0.0
-
-    def poll(self, force: bool = False) -> None:
-        self.tail.poll()
-        row = self.tail.last
-        if row and (force or time.monotonic() - self.shown >= self.every):
-            line = progress_line(row)
-            if line:
-                self.echo(line)
-                self.tail.last = None
-                self.shown = time.monotonic()
 
 
 # ---------------------------------------------------------------- local: deepspeed launcher / torchrun
@@ -271,7 +214,12 @@ def follow_slurm(run_dir: Path, job: JobRecord, echo, procs_per_node: int = 1) -
             nodes = f" on {state.nodes}" if state.nodes and state.nodes != "(null)" else ""
             echo(f"job {state.job_id}: {state.state}{nodes}")
 
-    final = slurm.wait(job.job_id, on_poll=on_poll)
+    try:
+        final = slurm.wait(job.job_id, on_poll=on_poll)
+    except KeyboardInterrupt:  # stop following; the job is SLURM's and keeps running
+        echo(f"\nstopped following; SLURM job {job.job_id} goes on. shardplan status {run_dir} | "
+             f"shardplan cancel {run_dir}")
+        return 130
     progress.poll(force=True)
     done = job.finish(finished=time.time(), state=final.state)
     if final.state == COMPLETED:
@@ -307,6 +255,23 @@ def _slurm_code(exit_code: str) -> int:
 
 
 # ---------------------------------------------------------------- status / cancel
+
+def check_not_running(run_dir: Path) -> None:
+    """Two launches of one run directory would write the same checkpoints: refuse the second."""
+    job = jobs.read_job(run_dir)
+    if job is None:
+        return
+    if job.scheduler == "slurm":
+        state = slurm.query(job.job_id).state if job.job_id else "UNKNOWN"
+        busy = state in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED")
+    else:
+        state = jobs.local_state(job)
+        busy = state == RUNNING
+    if busy:
+        ident = f"SLURM job {job.job_id}" if job.scheduler == "slurm" else f"pid {job.pid}"
+        raise LaunchError(f"{run_dir} already has a {state} job ({ident}); wait for it, or "
+                          f"`shardplan cancel {run_dir}` first")
+
 
 def status(run_dir: Path) -> dict:
     job = jobs.read_job(run_dir)

@@ -81,6 +81,8 @@ def test_cancel_stops_the_whole_process_group(rendered, tmp_path):
         assert proc.poll() is None and time.monotonic() < deadline, "the job never trained a step"
         time.sleep(0.2)
     assert json.loads(shardplan("status", run, "--json").stdout)["state"] == "RUNNING"
+    second = shardplan("launch", run, "--master-port", free_port())  # would write the same checkpoints
+    assert second.returncode == 2 and "already has a RUNNING job" in second.stderr, second.stderr
     out = shardplan("cancel", run)
     assert out.returncode == 0 and "cancelled" in out.stdout, out.stdout + out.stderr
     output, _ = proc.communicate(timeout=60)
