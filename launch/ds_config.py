@@ -7,19 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shardplan.launch.train.spec import autotp_partition_config
+from shardplan.planner.ds_knobs import zero_knobs
 from shardplan.planner.estimate import Estimate
-
-# DeepSpeed's defaults for reduce_bucket_size / allgather_bucket_size (deepspeed/runtime/zero/config.py).
-DEEPSPEED_DEFAULT_BUCKET = 500_000_000
-
-# shardplan's GPT-2 (launch/train/model.py): nn.Linear weights [out, in]; fused [q; k; v] in attn.c_attn.
-# DeepSpeed AutoTP partition_config format: deepspeed/module_inject/autotp_config.py (TPLayerSpec).
-GPT2_TP_LAYER_SPECS: tuple[dict, ...] = (
-    {"patterns": [r".*\.attn\.c_attn\.weight$"], "partition_type": "column", "shape": [3, -1], "partition_dim": 0},
-    {"patterns": [r".*\.attn\.c_proj\.weight$"], "partition_type": "row"},
-    {"patterns": [r".*\.mlp\.c_fc\.weight$"], "partition_type": "column"},
-    {"patterns": [r".*\.mlp\.c_proj\.weight$"], "partition_type": "row"},
-)
 
 
 @dataclass(frozen=True)
@@ -92,24 +82,12 @@ class DsConfigContext:
         return 1 if self.checkpointing == "full" else 0
 
 
-def bucket_size(hidden: int) -> int:
-    """Elements per ZeRO-1/2 reduce / all-gather bucket: about 2.7 layers of weights (32·h², a layer is ~12·h²),
-    capped at DeepSpeed's default 5e8 — big enough to overlap, small enough that the buckets (two in flight
-    with overlap_comm) do not dwarf a small model."""
-    return min(DEEPSPEED_DEFAULT_BUCKET, 32 * hidden * hidden)
-
-
 def ds_config_context(est: Estimate, schedule: Schedule) -> DsConfigContext:
     layout, model = est.layout, est.model
-    h = model.hidden
     zero = int(layout.zero_stage)
     cpu = est.cluster.gpu.name.upper() == "CPU"
-    if zero == 3:
-        # The Hugging Face integration's "auto" rules (transformers/integrations/deepspeed.py):
-        # reduce_bucket_size h², stage3_prefetch_bucket_size 0.9·h², stage3_param_persistence_threshold 10·h.
-        reduce_bucket = h * h
-    else:
-        reduce_bucket = bucket_size(h)
+    # The same bucket sizes the memory model counts (planner/ds_knobs.py is their one source).
+    knobs = zero_knobs(model.hidden, zero, "shardplan", on_gpu=not cpu)
     return DsConfigContext(
         train_batch_size=layout.global_batch,
         micro_batch=layout.micro_batch,
@@ -117,12 +95,12 @@ def ds_config_context(est: Estimate, schedule: Schedule) -> DsConfigContext:
         precision=est.training.precision,
         zero_stage=zero,
         # Overlap needs a second stream; the CPU accelerator has none, so it only costs buffer memory there.
-        overlap_comm=zero >= 1 and not cpu,
-        reduce_bucket_size=reduce_bucket,
-        allgather_bucket_size=bucket_size(h),
-        stage3_prefetch_bucket_size=int(0.9 * h * h),
-        stage3_param_persistence_threshold=10 * h,
-        stage3_max_live_parameters=1_000_000_000,  # DeepSpeed's default; lower it if gathers spike memory
+        overlap_comm=knobs.overlap_comm,
+        reduce_bucket_size=knobs.reduce_bucket,
+        allgather_bucket_size=knobs.allgather_bucket,
+        stage3_prefetch_bucket_size=knobs.prefetch_bucket,
+        stage3_param_persistence_threshold=knobs.persistence_threshold,
+        stage3_max_live_parameters=knobs.max_live,  # DeepSpeed's default; lower it if gathers spike memory
         offload_optimizer=layout.offload in ("optimizer", "optimizer+params"),
         offload_param=layout.offload == "optimizer+params",
         pin_memory=not cpu,  # pinned host memory speeds PCIe copies; there is no device to copy to on CPU
@@ -131,7 +109,8 @@ def ds_config_context(est: Estimate, schedule: Schedule) -> DsConfigContext:
         torch_adam=not (layout.offload != "none" and not cpu),
         tp=layout.tp,
         tp_preset="llama" if model.arch == "llama" else "",
-        tp_layer_specs=GPT2_TP_LAYER_SPECS if model.arch == "gpt2" else (),
+        # The training program's own module names (launch/train/spec.py), so AutoTP shards what it builds.
+        tp_layer_specs=tuple(autotp_partition_config()["layer_specs"]) if model.arch == "gpt2" else (),
         pp=layout.pp,
         checkpointing=layout.checkpointing,
         schedule=schedule,
