@@ -34,6 +34,9 @@ def _fail(message: str, code: int = 2) -> None:
 @click.option("--master-port", type=click.IntRange(1, 65535),
               help="Rendezvous port; must be free (default 29500; slurm: derived from the job id).")
 @click.option("--master-addr", help="Rendezvous host (default: 127.0.0.1, or the first host of the hostfile).")
+@click.option("--node-rank", type=click.IntRange(min=0),
+              help="deepspeed/torchrun on several nodes: run this on every node with its index "
+                   "(deepspeed: --no_ssh, no pdsh needed).")
 @click.option("--partition", "-p", help="slurm: the partition to submit to (default: the cluster's default).")
 @click.option("--verbose", "-v", is_flag=True, help="Also print the launcher's own output.")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: the command as JSON.")
@@ -42,8 +45,8 @@ def _fail(message: str, code: int = 2) -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="With --model: the run directory to render (default runs/<model>-<timestamp>).")
 @click.option("--force", is_flag=True, help="With --model: replace a non-empty --out directory.")
-def launch(run_dir, train_extra, scheduler, dry_run, resume, steps, follow, master_port, master_addr, partition,
-           verbose, as_json, model, cluster, out, force):
+def launch(run_dir, train_extra, scheduler, dry_run, resume, steps, follow, master_port, master_addr, node_rank,
+           partition, verbose, as_json, model, cluster, out, force):
     """Start a rendered run directory's training job, locally or through SLURM.
 
     Preflight first (exit 2 with one clear message when the run directory, its ds_config, the inventory,
@@ -56,6 +59,8 @@ def launch(run_dir, train_extra, scheduler, dry_run, resume, steps, follow, mast
       shardplan launch runs/gpt2xl --dry-run                 # what would run, nothing started
       shardplan launch runs/gpt2xl                           # deepspeed launcher on this node
       shardplan launch runs/gpt2xl --scheduler torchrun
+      shardplan launch runs/2node --scheduler deepspeed                  # pdsh to the hostfile's hosts
+      shardplan launch runs/2node --scheduler deepspeed --node-rank 1    # on node 1 itself (no ssh)
       shardplan launch runs/gpt2xl --scheduler slurm --follow
       shardplan launch runs/gpt2xl --resume                  # continue from the last checkpoint
       shardplan launch runs/gpt2xl -- --checkpoint-every 50  # after --: for the training program
@@ -78,15 +83,17 @@ def launch(run_dir, train_extra, scheduler, dry_run, resume, steps, follow, mast
         train_args = _last_train_args(run_dir)
     train_args += ("--resume",) if resume else ()
     try:
+        if node_rank is not None and scheduler not in ("deepspeed", "torchrun"):
+            raise ValueError(f"--node-rank is for --scheduler deepspeed or torchrun, not {scheduler}")
         run = pf.preflight(run_dir, scheduler, master_port=master_port, master_addr=master_addr,
-                           partition=partition, resume=resume)
+                           partition=partition, resume=resume, node_rank=node_rank)
         cmd = runner.build_command(run, scheduler, master_port=master_port, master_addr=master_addr,
-                                   train_args=train_args, partition=partition)
+                                   train_args=train_args, partition=partition, node_rank=node_rank)
     except ValueError as e:  # PreflightError, and bad values the command builders reject
         _fail(str(e))
     if not dry_run:
         try:
-            runner.check_not_running(run.path)
+            runner.check_not_running(run.path, node_rank)
         except (runner.LaunchError, SlurmError) as e:
             _fail(str(e))
     if dry_run:
@@ -96,16 +103,16 @@ def launch(run_dir, train_extra, scheduler, dry_run, resume, steps, follow, mast
         else:
             runner.print_dry_run(info, click.echo)
         return
-    if scheduler in ("deepspeed", "torchrun") and run.nodes > 1:
-        click.echo(f"note: {scheduler} starts node 0 here; the other {run.nodes - 1} node(s) need the same "
-                   "command with their node rank (see launch_torchrun.sh / launch.sh in the run directory)",
-                   err=True)
+    if scheduler in ("deepspeed", "torchrun") and run.nodes > 1 and node_rank is None:
+        if scheduler == "torchrun":
+            click.echo(f"note: torchrun starts node 0 here; run `shardplan launch {run.path} --scheduler torchrun "
+                       f"--node-rank N` on the other {run.nodes - 1} node(s)", err=True)
     try:
         if scheduler == "slurm":
             code = runner.run_slurm(run, cmd, resume=resume, follow=follow, echo=click.echo, train_args=train_args)
         else:
             code = runner.run_local(run, scheduler, cmd, resume=resume, echo=click.echo, verbose=verbose,
-                                    train_args=train_args)
+                                    train_args=train_args, node_rank=node_rank)
     except (SlurmError, runner.LaunchError, OSError) as e:
         _fail(str(e), 1)
     sys.exit(code)

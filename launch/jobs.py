@@ -34,6 +34,7 @@ class JobRecord:
     job_id: str | None = None           # slurm: the job id sbatch printed
     resume: bool = False
     train_args: tuple[str, ...] = ()    # the training program's extra arguments (reused by --resume)
+    node_rank: int | None = None        # set when each node was launched by hand (--node-rank)
     finished: float | None = None       # local: when the launcher ended
     exit_code: int | None = None        # local: the launcher's exit code (negative: killed by that signal)
     state: str | None = None            # final state when known (COMPLETED, FAILED, CANCELLED)
@@ -62,19 +63,21 @@ class JobRecord:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-def job_path(run_dir: Path) -> Path:
-    return Path(run_dir) / JOB_FILE
+def job_path(run_dir: Path, node_rank: int | None = None) -> Path:
+    """job.json; a node launched by hand with --node-rank N > 0 keeps its own job-node<N>.json beside it
+    (the run directory is shared by the nodes; node 0's launcher carries the job's outcome)."""
+    return Path(run_dir) / (f"job-node{node_rank}.json" if node_rank else JOB_FILE)
 
 
 def write_job(run_dir: Path, job: JobRecord) -> None:
-    path = job_path(run_dir)
+    path = job_path(run_dir, job.node_rank)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(job.to_dict(), indent=2) + "\n")
     os.replace(tmp, path)
 
 
-def read_job(run_dir: Path) -> JobRecord | None:
-    path = job_path(run_dir)
+def read_job(run_dir: Path, node_rank: int | None = None) -> JobRecord | None:
+    path = job_path(run_dir, node_rank)
     if not path.is_file():
         return None
     try:

@@ -243,7 +243,8 @@ def check_slurm_inventory(run: RunDir, partition: str | None = None) -> None:
 
 
 def preflight(run_path: str | os.PathLike, scheduler: str, *, master_port: int | None = None,
-              master_addr: str | None = None, partition: str | None = None, resume: bool = False) -> RunDir:
+              master_addr: str | None = None, partition: str | None = None, resume: bool = False,
+              node_rank: int | None = None) -> RunDir:
     """All the checks for `shardplan launch RUN_DIR --scheduler S`; returns the loaded run directory."""
     need = {"slurm": ("job.sbatch",)}.get(scheduler, ())
     run = load_run_dir(run_path, need=need)
@@ -264,9 +265,14 @@ def preflight(run_path: str | os.PathLike, scheduler: str, *, master_port: int |
                              "use --scheduler deepspeed (hostfile), torchrun (on every node) or slurm")
     if run.nodes > 1:
         check_hostfile(run)
+        if scheduler == "deepspeed" and node_rank is None and shutil.which("pdsh") is None:
+            raise PreflightError("the deepspeed launcher reaches the other nodes with pdsh, which is not on PATH: "
+                                 "install pdsh (and passwordless ssh), or run `shardplan launch RUN_DIR --scheduler "
+                                 "deepspeed --node-rank N` on each node N")
     else:
         check_local_inventory(run)
     if master_addr:
         check_resolves(master_addr, Path("--master-addr"))
-    check_port_free(run.run_spec(master_addr=master_addr, master_port=master_port, python="python3").master_port)
+    if not node_rank:  # only the first node binds it
+        check_port_free(run.run_spec(master_addr=master_addr, master_port=master_port, python="python3").master_port)
     return run

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import jobs, ranks, slurm
 from .progress import MetricsTail, Progress
-from .commands import Command, command_for
+from .commands import Command, command_for, deepspeed_command, torchrun_command
 from .jobs import CANCELLED, COMPLETED, FAILED, RUNNING, JobRecord
 from .preflight import RunDir
 
@@ -27,8 +27,9 @@ class LaunchError(RuntimeError):
 
 
 def build_command(run: RunDir, scheduler: str, *, master_port: int | None, master_addr: str | None,
-                  train_args: tuple[str, ...], partition: str | None = None) -> Command:
-    """The exact command `launch` runs (and `--dry-run` prints)."""
+                  train_args: tuple[str, ...], partition: str | None = None, node_rank: int | None = None) -> Command:
+    """The exact command `launch` runs (and `--dry-run` prints). node_rank: this node's part of a multi-node
+    job started on every node (deepspeed --no_ssh, or torchrun), instead of pdsh from node 0."""
     if scheduler == "slurm":
         cmd = slurm.submit_command(str(run.path), partition=partition, train_args=train_args)
         # job.sbatch rendezvous at the job's first node on a port derived from the job id; these override.
@@ -37,6 +38,10 @@ def build_command(run: RunDir, scheduler: str, *, master_port: int | None, maste
         return Command(cmd.argv, {**cmd.env, **env})
     spec = run.run_spec(master_addr=master_addr, master_port=master_port, python=sys.executable,
                         train_args=train_args)
+    if node_rank is not None and scheduler == "deepspeed":
+        return deepspeed_command(spec, node_rank=node_rank)
+    if node_rank is not None and scheduler == "torchrun":
+        return torchrun_command(spec, node_rank=node_rank)
     return command_for(spec, scheduler)
 
 
@@ -64,12 +69,13 @@ def print_dry_run(info: dict, echo) -> None:
 # ---------------------------------------------------------------- local: deepspeed launcher / torchrun
 
 def run_local(run: RunDir, scheduler: str, cmd: Command, *, resume: bool, echo, verbose: bool = False,
-              train_args: tuple[str, ...] = ()) -> int:
+              train_args: tuple[str, ...] = (), node_rank: int | None = None) -> int:
     """Start the launcher in its own process group, wait, diagnose; returns the shell exit code."""
     log_dir = run.path / "logs"
     log_dir.mkdir(exist_ok=True)
     started = time.time()
-    launcher_log = log_dir / f"launcher-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    node = f"node{node_rank}-" if node_rank is not None else ""
+    launcher_log = log_dir / f"launcher-{node}{time.strftime('%Y%m%d-%H%M%S')}.log"
     env = {**os.environ, **cmd.env}
     with launcher_log.open("w") as out:
         out.write(f"# {cmd.shell()}\n")
@@ -78,7 +84,7 @@ def run_local(run: RunDir, scheduler: str, cmd: Command, *, resume: bool, echo, 
         proc = subprocess.Popen(cmd.argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 start_new_session=True, text=True, errors="replace")
         job = JobRecord(scheduler, cmd.argv, cmd.env, started, os.uname().nodename, pid=proc.pid, resume=resume,
-                        train_args=train_args)
+                        train_args=train_args, node_rank=node_rank)
         jobs.write_job(run.path, job)
         echo(f"started {scheduler} launcher (pid {proc.pid}, world size {run.world_size}); "
              f"logs: {log_dir}/  (follow: shardplan logs {run.path} --follow)")
@@ -98,7 +104,7 @@ def run_local(run: RunDir, scheduler: str, cmd: Command, *, resume: bool, echo, 
             interrupted.restore()
         progress.poll(force=True)
     rc = proc.returncode
-    recorded = jobs.read_job(run.path)
+    recorded = jobs.read_job(run.path, node_rank)
     if rc == 0:
         job = job.finish(finished=time.time(), exit_code=0, state=COMPLETED)
     elif interrupted.signalled or (recorded is not None and recorded.state == CANCELLED):
@@ -256,9 +262,9 @@ def _slurm_code(exit_code: str) -> int:
 
 # ---------------------------------------------------------------- status / cancel
 
-def check_not_running(run_dir: Path) -> None:
+def check_not_running(run_dir: Path, node_rank: int | None = None) -> None:
     """Two launches of one run directory would write the same checkpoints: refuse the second."""
-    job = jobs.read_job(run_dir)
+    job = jobs.read_job(run_dir, node_rank)
     if job is None:
         return
     if job.scheduler == "slurm":

@@ -100,3 +100,19 @@ def test_one_shot_plans_renders_and_trains(tmp_path):
     assert (out_dir / "plan.json").is_file() and (out_dir / "ds_config.json").is_file()
     assert [r["step"] for r in metrics(out_dir) if "step" in r] == [1, 2, 3]
     assert f"metrics: {out_dir.resolve() / 'metrics.jsonl'}" in out.stdout
+
+
+def test_two_nodes_launched_by_hand_with_no_ssh(tmp_path):
+    """Plain hosts without pdsh: `--scheduler deepspeed --node-rank N` on each node (deepspeed --no_ssh).
+    Both "nodes" are this machine under two names; the run directory is shared, as on a cluster's NFS."""
+    run = render(tmp_path / "run", "2x1xCPU", "--hosts", "localhost,127.0.0.1", steps=4)
+    port = free_port()
+    other = start_shardplan("launch", run, "--scheduler", "deepspeed", "--node-rank", "1", "--master-port", port)
+    first = shardplan("launch", run, "--scheduler", "deepspeed", "--node-rank", "0", "--master-port", port)
+    rest, _ = other.communicate(timeout=120)
+    print(first.stdout, first.stderr, rest)
+    assert first.returncode == 0 and other.returncode == 0, first.stdout + first.stderr + rest
+    assert [r["world_size"] for r in metrics(run) if "step" in r] == [2, 2, 2, 2]
+    assert json.loads((run / "job-node1.json").read_text())["state"] == "COMPLETED"
+    assert json.loads(shardplan("status", run, "--json").stdout)["state"] == "COMPLETED"
+    assert sorted(p.name.split("_", 1)[1] for p in (run / "logs").glob("*_rank*.log")) == ["rank0.log", "rank1.log"]

@@ -4,6 +4,7 @@ sockets and name resolution; no process is launched."""
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 from pathlib import Path
 
@@ -67,6 +68,9 @@ def test_hostfile_host_that_does_not_resolve(tmp_path):
     _refused(shardplan("launch", run, "--scheduler", "deepspeed", "--master-port", port), "no-such-host.invalid",
              "does not resolve")
     _refused(shardplan("launch", run, "--master-port", port), "--scheduler local runs on this node only")
+    good = render(tmp_path / "good", "2x1xCPU", "--hosts", "localhost,127.0.0.1", steps=2)
+    if shutil.which("pdsh") is None:
+        _refused(shardplan("launch", good, "--scheduler", "deepspeed", "--master-port", port), "pdsh", "--node-rank")
 
 
 def test_resume_without_checkpoints(tmp_path, rendered):
