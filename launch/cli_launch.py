@@ -85,8 +85,15 @@ def launch(run_dir, train_extra, scheduler, dry_run, resume, steps, follow, mast
     try:
         if node_rank is not None and scheduler not in ("deepspeed", "torchrun"):
             raise ValueError(f"--node-rank is for --scheduler deepspeed or torchrun, not {scheduler}")
-        run = pf.preflight(run_dir, scheduler, master_port=master_port, master_addr=master_addr,
-                           partition=partition, resume=resume, node_rank=node_rank)
+        refused = None
+        try:
+            run = pf.preflight(run_dir, scheduler, master_port=master_port, master_addr=master_addr,
+                               partition=partition, resume=resume, node_rank=node_rank)
+        except pf.PreflightError as e:
+            if not dry_run:
+                raise
+            # A dry run still shows the command (e.g. on a login node without the GPUs), then the refusal.
+            refused, run = e, pf.load_run_dir(run_dir)
         cmd = runner.build_command(run, scheduler, master_port=master_port, master_addr=master_addr,
                                    train_args=train_args, partition=partition, node_rank=node_rank)
     except ValueError as e:  # PreflightError, and bad values the command builders reject
@@ -98,10 +105,14 @@ def launch(run_dir, train_extra, scheduler, dry_run, resume, steps, follow, mast
             _fail(str(e))
     if dry_run:
         info = runner.describe(run, scheduler, cmd)
+        if refused is not None:
+            info["preflight"] = str(refused)
         if as_json:
             click.echo(json.dumps(info, indent=2))
         else:
             runner.print_dry_run(info, click.echo)
+        if refused is not None:
+            _fail(f"preflight would refuse it here: {refused}")
         return
     if scheduler in ("deepspeed", "torchrun") and run.nodes > 1 and node_rank is None:
         if scheduler == "torchrun":

@@ -222,8 +222,8 @@ def check_slurm_inventory(run: RunDir, partition: str | None = None) -> None:
         raise PreflightError("sinfo did not answer in 30 s: is slurmctld up? "
                              "(check SLURM_CONF, `scontrol ping`)") from None
     if out.returncode != 0:
-        raise PreflightError(f"sinfo failed: {out.stderr.strip() or out.stdout.strip()}; is slurmctld up "
-                             "and SLURM_CONF right? (`scontrol ping`)")
+        said = (out.stderr.strip() or out.stdout.strip() or "no output").splitlines()[-1]
+        raise PreflightError(f"sinfo failed ({said}); is slurmctld up and SLURM_CONF right? (`scontrol ping`)")
     usable = {}
     for line in out.stdout.splitlines():
         name, cpus, gres, state = (line.split() + ["", "", "", ""])[:4]

@@ -62,7 +62,8 @@ def submit(cmd: Command, env: dict[str, str]) -> str:
     """Run sbatch; return the job id it printed (--parsable: "<id>" or "<id>;<cluster>")."""
     out = subprocess.run(cmd.argv, capture_output=True, text=True, timeout=_TIMEOUT, env=env)
     if out.returncode != 0:
-        raise SlurmError(f"sbatch failed: {(out.stderr or out.stdout).strip()}")
+        said = (out.stderr or out.stdout).strip().splitlines()
+        raise SlurmError(f"sbatch failed: {said[-1] if said else f'exit code {out.returncode}'}")
     job_id = out.stdout.strip().split(";")[0]
     if not job_id.isdigit():
         raise SlurmError(f"sbatch printed {out.stdout.strip()!r}, not a job id")

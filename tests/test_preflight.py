@@ -50,6 +50,8 @@ def test_invalid_ds_config_names_the_key(tmp_path, rendered):
 def test_more_processes_than_cores(tmp_path):
     run = render(tmp_path / "big", "64xCPU", steps=2, global_batch=64)
     _refused(shardplan("launch", run, "--master-port", free_port()), "needs 64 CPU processes", "core")
+    dry = shardplan("launch", run, "--dry-run", "--master-port", free_port())  # still shows what would run
+    assert dry.returncode == 2 and "--num_gpus 64" in dry.stdout and "preflight would refuse" in dry.stderr
 
 
 def test_busy_master_port(tmp_path, rendered):
