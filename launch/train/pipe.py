@@ -70,6 +70,7 @@ def _no_init(weight: torch.Tensor) -> None:
 def _shard_to_megatron(block: Block, cfg: GPTConfig, tp: int) -> None:
     from megatron.core import parallel_state
     from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+    from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
 
     # Megatron layers return (output, bias); the block wants the output (bias already added).
     class Column(ColumnParallelLinear):
@@ -101,6 +102,9 @@ def _shard_to_megatron(block: Block, cfg: GPTConfig, tp: int) -> None:
         with torch.no_grad():
             layer.weight.copy_(shard_w)
             layer.bias.copy_(shard_b)
+        # Megatron marks weights tensor-parallel only when it initializes them itself (perform_initialization);
+        # DeepSpeed's gradient norm needs the mark to count every rank's shard.
+        set_tensor_model_parallel_attributes(layer.weight, True, 1 if kind == "row" else 0, 1)
         setattr(owner, name, layer)
 
 
@@ -126,7 +130,28 @@ def build_pipeline(run: RunConfig, seed: int, init_state: dict | None):
                             activation_checkpoint_func=functools.partial(checkpoint, use_reentrant=False))
     if init_state is not None:
         load_full_state_into_pipeline(module, init_state, run)
+    tp_rank = 0
+    if run.tp > 1:
+        from megatron.core import parallel_state
+        tp_rank = parallel_state.get_tensor_model_parallel_rank()
+    _count_each_stage_once_in_grad_norm(module, tp_rank)
     return module
+
+
+def _count_each_stage_once_in_grad_norm(module, tp_rank: int) -> None:
+    """Make gradient clipping see every parameter exactly once.
+
+    DeepSpeed counts a parameter that is not tensor-parallel only where the model-parallel rank is 0;
+    on a pipeline grid that rank spans stages × tensor ranks (fp32 ZeRO-0 path, runtime/utils.py
+    clip_grad_norm_), so later stages' LayerNorms and biases dropped out of the norm. Marked
+    model_parallel on tensor rank 0 of every stage, each is counted once in every DeepSpeed path; the
+    last stage's copy of the tied embedding (ds_pipe_replicated) stays out.
+    """
+    if tp_rank != 0:
+        return
+    for p in module.parameters():
+        if not getattr(p, "tensor_model_parallel", False) and not getattr(p, "ds_pipe_replicated", False):
+            p.model_parallel = True
 
 
 def load_full_state_into_pipeline(module, state: dict, run: RunConfig) -> None:
