@@ -37,9 +37,14 @@ def sm_count(gpu: GPUType) -> int:
 
 
 def _wave_efficiency(m: int, n: int, sms: int) -> float:
-    """Output tiles spread over the SMs in waves; a partial last wave leaves SMs idle."""
-    tiles = ceil(m / TILE_M) * ceil(n / TILE_N)
-    return tiles / (ceil(tiles / sms) * sms)
+    """Useful share of the tile work issued: a tile computes all TILE_M x TILE_N outputs even where the
+    matrix edge cuts it (N=1600 needs 7 tiles of 256 = 1792 columns), and output tiles spread over the SMs
+    in waves, a partial last wave leaving SMs idle. The library may put the wide tile side on either
+    output dimension (C or C^T), so the better orientation counts."""
+    def eff(a: int, b: int) -> float:
+        tiles = ceil(a / TILE_M) * ceil(b / TILE_N)
+        return a * b / (ceil(tiles / sms) * sms * TILE_M * TILE_N)
+    return max(eff(m, n), eff(n, m))
 
 
 def gemm_s(gpu: GPUType, m: int, n: int, k: int, precision: str = "bf16") -> float:

@@ -19,14 +19,19 @@ from .cluster import Cluster
 from .comm import step_comm
 from .ds_knobs import zero_knobs
 from .estimate import TimeBreakdown, Training
-from .gpu_time import HBM_EFFICIENCY, microbatch_gpu_s
+from .gpu_time import HBM_EFFICIENCY, KERNEL_GPU_S, microbatch_gpu_s
 from .layout import Layout
 from .model import ModelSpec
 from .stage import stage_shape
 
-HOST_OP_S = 25e-6          # one eager op: Python module call + dispatch + autograd record + launch
 OPS_PER_LAYER = 16 + 30    # forward ops + backward autograd nodes of one block (norms, matmuls, SDPA, adds)
 OPS_HEAD = 30              # embedding, final norm, logits, fp32 cross-entropy, forward + backward
+# torch autocast (plain PyTorch AMP, fp32 weights) adds casts the bf16 DeepSpeed engine never issues: per block the
+# weight and bias of 4 linears and the fp32 LayerNorm outputs feeding 2 of them (10 casts), each with its
+# ToCopyBackward node (10); the head adds the tied weight's and the final norm output's casts (4)
+AUTOCAST_OPS_PER_LAYER, AUTOCAST_OPS_HEAD = 20, 4
+HOST_OP_S = 17.5e-6        # one eager op: Python module call + dispatch + autograd record + launch; calibrated on
+#                            plain PyTorch AMP at micro-batch 1 (host bound) with the autocast casts counted
 CKPT_BLOCK_S = 1.5e-3      # non-reentrant checkpoint per block (saved-tensor hooks, RNG state, recompute frame):
 #                            the mean of the measured ckpt-minus-plain step times at micro-batch 1, per block
 SYNC_S = 30e-6             # a host<-device synchronization (bool(tensor), .item()) on an idle queue
@@ -34,11 +39,24 @@ TENSOR_OP_S = 12e-6        # one plain tensor call outside autograd (optimizer l
 # DeepSpeed host work per parameter tensor per step, in plain tensor calls, read off the code paths:
 #   ZeRO-0 FP16_UnfusedOptimizer.step: has_inf_or_nan (amax, amin, 2 isfinite, and, not; bool() syncs),
 #     get_weight_norm (float, norm, pow, add), upcast, unscale, downcast copy = 13 calls + 1 sync
-#   ZeRO-1/2 grad hook (narrow, copy_, view, .data swap + Python bookkeeping ~6), epilogue copy into
-#     grads_in_partition (~2), norm (~2); ZeRO-1 also walks every grad into the bucket at the boundary (+4)
-#   ZeRO-3 adds the per-module pre/post forward/backward fetch + release coordinator (~32)
-DS_OPS_PER_TENSOR = {0: 13, 1: 14, 2: 10, 3: 42}
-DS_FIXED_S = {0: 0.0, 1: 0.02, 2: 0.02, 3: 0.02}   # ZeRO optimizer bookkeeping per step (epilogue, hook counts)
+#   ZeRO-3 adds the per-module pre/post forward/backward fetch + release coordinator (~32) to ZeRO-1/2's 10
+DS_OPS_PER_TENSOR = {0: 13, 3: 42}
+DS_FIXED_S = {0: 0.0, 1: 0.02, 2: 0.02, 3: 0.02}   # ZeRO engine bookkeeping per step (calibrated, 124M)
+VIEW_OP_S = 2e-6           # a narrow/view/.data rebind or a hook's Python bookkeeping: no device dispatch
+# ZeRO-1/2 (deepspeed/runtime/zero/stage_1_and_2.py, 0.19.8), per parameter tensor: (kernel calls, view calls)
+ZERO12_BWD_OPS = (1, 6)        # grad hook -> reduce_independent_p_g_buckets_and_remove_grads: copy_ into the
+#                                IPG bucket; narrow, view, view_as, .data swap, hook-count bookkeeping (2)
+ZERO12_PARTITION_OPS = (1, 4)  # reduce_ipg_grads -> copy_grads_in_partition: copy_; narrow, view, view_as, .data
+ZERO1_WALK_OPS = (0, 4)        # ZeRO-1 reduce_gradients walks every grad into the bucket after backward
+OVERFLOW_OPS = (7, 0)          # has_overflow_partitioned_grads_serial (bf16 check_grad_overflow defaults on):
+#                                amax, amin, 2 isfinite, logical_and, logical_not, += ; then one .item()
+NORM_OPS = (2, 3)              # get_grad_norm_direct (float64): .to(double), vector_norm; .data, .detach,
+#                                .to(device); then bool() in is_invalid_grad_norm synchronizes again
+REBIND_OPS = (0, 6)            # free_grad_in_param_list x2, _update_model_bit16_weights (narrow+view, 2 .data)
+# ZeRO-0 (engine.allreduce_gradients -> buffered_allreduce_fallback, even at dp=1): flatten all grads (2+2 bytes),
+# all_reduce, then copy_ each back out of the flat buffer (2+2): per tensor one copy_ and unflatten's views
+ZERO0_ALLREDUCE_OPS, ZERO0_ALLREDUCE_BYTES = (1, 3), 8
+STEP_FLAT_OPS = 24             # flatten, upcast, clip (4 scalar ops + mul_), foreach AdamW (~10), downcast
 OVERLAP_LEFT = 0.3         # share of the shorter of host/GPU work that does not hide behind the other
 PCIE_GBPS = 25.0           # per-GPU host link for offload (PCIe Gen4 x16, achieved)
 CPU_ADAM_PARAMS_PER_S = 4e8  # DeepSpeedCPUAdam per GPU process (AVX-512, ~8 cores each)
@@ -48,8 +66,14 @@ CPU_ADAM_PARAMS_PER_S = 4e8  # DeepSpeedCPUAdam per GPU process (AVX-512, ~8 cor
 ADAMW_FOREACH_BYTES = 84
 ADAMW_FUSED_BYTES = 28     # torch fused AdamW: read p, g, m, v; write p, m, v (fp32)
 UNFUSED_EXTRA_BYTES = 34   # ZeRO-0 per-tensor: amax+amin 4, norm 10, upcast 6, unscale 8, downcast 6
-ZERO_EXTRA_BYTES = 28      # ZeRO-1/2/3 flat: flatten 4, upcast 6, norm 4, unscale 8, downcast 6
-
+ZERO3_EXTRA_BYTES = 28     # ZeRO-3 flat: flatten 4, upcast 6, norm 4, unscale 8, downcast 6
+# ZeRO-1/2 bf16 gradient path (stage_1_and_2.py): every stage parameter's grad is copied into the IPG bucket
+# (2+2) and divided in place by the dp size in average_tensor (2+2), even at dp=1; the local share is copied
+# into grads_in_partition (2+2)
+ZERO12_BWD_BYTES, ZERO12_PARTITION_BYTES = 8, 4
+# step() on the local partition: overflow amax+amin (2+2), norm in float64 (get_norm_dtype: .to(double) 2+8,
+# vector_norm reads 8), flatten (2+2), upcast to fp32 (2+4), clip mul_ (4+4), downcast copy (4+2)
+ZERO12_CHECK_BYTES, ZERO12_NORM_BYTES, ZERO12_FLAT_BYTES = 4, 18, 24
 
 @lru_cache(maxsize=8192)
 def n_param_tensors(model: ModelSpec, layers: int, has_emb: bool, has_head: bool) -> int:
@@ -72,37 +96,45 @@ def estimate_time(model: ModelSpec, cluster: Cluster, layout: Layout, training: 
     mb_gpu = max(microbatch_gpu_s(gpu, model, s.layers, layout.micro_batch, training.seq_len, tp,
                                   training.precision, engine, s.has_head, layout.checkpointing, sp)
                  for s in ((shape, last) if pp > 1 else (shape,)))
-    ops = shape.layers * OPS_PER_LAYER + OPS_HEAD
-    ckpt_host = shape.layers * (CKPT_BLOCK_S + 16 * HOST_OP_S) if layout.checkpointing == "full" else 0.0
+    autocast = engine == "torch"
+    ops = shape.layers * (OPS_PER_LAYER + AUTOCAST_OPS_PER_LAYER * autocast) + OPS_HEAD + AUTOCAST_OPS_HEAD * autocast
+    recompute_ops = 16 + AUTOCAST_OPS_PER_LAYER // 2 * autocast        # the block's forward again
+    ckpt_host = shape.layers * (CKPT_BLOCK_S + recompute_ops * HOST_OP_S) if layout.checkpointing == "full" else 0.0
     mb_host = ops * HOST_OP_S + ckpt_host
-    gpu_fb, host_fb = m * mb_gpu, m * (mb_host if engine == "torch" else mb_host)
+    gpu_fb, host_fb = m * mb_gpu, m * mb_host
     tensors = n_param_tensors(model, shape.layers, shape.has_embedding, shape.has_head)
     local = shape.params // (dp if z >= 1 else 1)
     bw = gpu.hbm_gbps * 1e9 * HBM_EFFICIENCY
     act_bytes = 2 if training.precision in ("bf16", "fp16") else 4
-    offload_s = 0.0
+    offload_s = serial_s = zero_gpu = 0.0
     if engine == "torch":
         opt_gpu, opt_host_serial, ds_host = shape.params * ADAMW_FUSED_BYTES / bw, 10 * TENSOR_OP_S, 0.0
+    elif z in (1, 2):
+        ds_host, zero_gpu, serial_s, opt_gpu = _zero12_step(tensors, shape.params, dp, z, m, bw,
+                                                             layout.offload != "none")
+        opt_host_serial = 0.0
+        if layout.offload != "none":
+            offload_s = local / CPU_ADAM_PARAMS_PER_S + 6 * local / (PCIE_GBPS * 1e9)
     else:
         ds_host = DS_FIXED_S[z] + tensors * DS_OPS_PER_TENSOR[z] * TENSOR_OP_S
         if layout.offload != "none":
-            cpu_params = local
-            offload_s = cpu_params / CPU_ADAM_PARAMS_PER_S + 6 * cpu_params / (PCIE_GBPS * 1e9)
+            offload_s = local / CPU_ADAM_PARAMS_PER_S + 6 * local / (PCIE_GBPS * 1e9)
             opt_gpu = 0.0
         elif z == 0:
             opt_gpu = shape.params * (ADAMW_FOREACH_BYTES + UNFUSED_EXTRA_BYTES) / bw
         else:
-            opt_gpu = local * (ADAMW_FOREACH_BYTES + ZERO_EXTRA_BYTES) / bw
+            opt_gpu = local * (ADAMW_FOREACH_BYTES + ZERO3_EXTRA_BYTES) / bw
         opt_host_serial = 0.0
         if z == 0:   # per-tensor .item() syncs: the step's host work cannot overlap the GPU
-            opt_host_serial, ds_host = ds_host + tensors * SYNC_S, 0.0
+            opt_host_serial, ds_host = ds_host + tensors * SYNC_S, tensors * _calls(ZERO0_ALLREDUCE_OPS)
+            zero_gpu = shape.params * ZERO0_ALLREDUCE_BYTES / bw
     # forward/backward + ZeRO host work race the GPU; what does not hide is a share of the shorter one
     host = host_fb + ds_host
-    overlapped_opt = opt_gpu if (z != 0 or engine == "torch") else 0.0
-    device = gpu_fb + overlapped_opt
+    overlapped_opt = opt_gpu if (z == 3 or engine == "torch") else 0.0
+    device = gpu_fb + overlapped_opt + zero_gpu
     race = max(host, device) + OVERLAP_LEFT * min(host, device)
     compute_s = gpu_fb
-    optimizer_s = opt_gpu + opt_host_serial
+    optimizer_s = (opt_gpu if z not in (1, 2) else 0.0) + opt_host_serial + zero_gpu + serial_s
     overhead_s = race - device          # host time (Python, hooks, launches) the GPU waits for
     knobs = zero_knobs(model.hidden, z, training.zero_buckets, gpu.name.upper() != "CPU")
     comm = step_comm(model, cluster, layout, shape.params, training.seq_len, act_bytes, knobs.reduce_bucket)
@@ -114,3 +146,33 @@ def estimate_time(model: ModelSpec, cluster: Cluster, layout: Layout, training: 
     return TimeBreakdown(compute_s=compute_s, optimizer_s=optimizer_s, dp_comm_s=dp_s, tp_comm_s=comm.tp_s,
                          pp_comm_s=comm.pp_s, bubble_s=bubble, offload_s=offload_s, overhead_s=overhead_s,
                          comm_bytes=comm.dp_bytes + comm.tp_bytes + comm.pp_bytes)
+
+
+def _calls(ops: tuple[int, int]) -> float:
+    """Host seconds of (kernel-launching tensor calls, view/bookkeeping calls)."""
+    return ops[0] * TENSOR_OP_S + ops[1] * VIEW_OP_S
+
+
+def _zero12_step(tensors: int, stage_params: int, dp: int, z: int, m: int, bw: float,
+                 offload: bool) -> tuple[float, float, float, float]:
+    """DeepSpeed ZeRO-1/2 gradient handling and step() on one rank, read off stage_1_and_2.py (0.19.8).
+
+    Returns (host seconds that race the forward/backward, GPU seconds that join that race, seconds of the
+    step phases that follow a host<-device sync and so hide nothing, of which the optimizer's GPU share).
+    Backward: per-parameter hooks copy each grad into the IPG bucket, average_tensor divides the bucket in
+    place, reduce_ipg_grads copies the local share into grads_in_partition. step(): the overflow check
+    (per-tensor amax/amin, then .item()), the float64 norm (per-tensor .to(double) + vector_norm, then
+    bool()), then flatten, upcast, clip, foreach AdamW and the downcast on the flat fp32 partition.
+    """
+    local_tensors = -(-tensors // dp)
+    local = stage_params // dp
+    passes = m if z == 2 else 1      # ZeRO-2 reduces every micro-batch; ZeRO-1 once, at the boundary
+    host = DS_FIXED_S[z] + passes * (tensors * _calls(ZERO12_BWD_OPS) + local_tensors * _calls(ZERO12_PARTITION_OPS))
+    host += local_tensors * _calls(OVERFLOW_OPS) + (tensors * _calls(ZERO1_WALK_OPS) if z == 1 else 0.0)
+    race_gpu = (passes * (stage_params * ZERO12_BWD_BYTES + local * ZERO12_PARTITION_BYTES)
+                + local * ZERO12_CHECK_BYTES) / bw + local_tensors * 2 * KERNEL_GPU_S
+    norm_host = local_tensors * (_calls(NORM_OPS) + (SYNC_S if offload else 0.0))  # offload: .item() per tensor
+    norm = max(norm_host, local * ZERO12_NORM_BYTES / bw + local_tensors * 2 * KERNEL_GPU_S) + 2 * SYNC_S
+    opt_gpu = 0.0 if offload else local * (ZERO12_FLAT_BYTES + ADAMW_FOREACH_BYTES) / bw
+    opt = max(local_tensors * _calls(REBIND_OPS) + STEP_FLAT_OPS * TENSOR_OP_S, opt_gpu)
+    return host, race_gpu, norm + opt, opt_gpu

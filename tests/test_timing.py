@@ -77,3 +77,37 @@ def test_zero3_on_one_gpu_is_slower_than_zero2():
     small = ModelSpec("gpt2", "gpt2", 12, 768, 12, 12, 3072, 50304, 1024, True)
     h200 = Cluster(1, 1, CATALOG["H200"])
     assert step(small, h200, dp=1, zero_stage=3).step_s > 1.3 * step(small, h200, dp=1, zero_stage=2).step_s
+
+
+def test_zero2_step_counts_deepspeed_gradient_path_bytes():
+    """stage_1_and_2.py at dp=1 still copies every grad into the IPG bucket, divides it, copies it into the
+    partition, checks overflow, takes a float64 norm, flattens, upcasts, clips, steps and downcasts."""
+    from shardplan.planner.gpu_time import HBM_EFFICIENCY
+    h200 = Cluster(1, 1, CATALOG["H200"])
+    t = step(GPT2_XL, h200, dp=1, zero_stage=2, micro_batch=16)
+    bw = CATALOG["H200"].hbm_gbps * 1e9 * HBM_EFFICIENCY
+    per_param = 8 + 4 + 4 + 18 + 24 + 84        # bucket copy+div, partition copy, overflow, fp64 norm, flat, AdamW
+    assert t.optimizer_s >= GPT2_XL.params * per_param / bw
+    # two micro-batches run the per-micro-batch bucket copies twice: the step grows by more than the compute
+    t2 = step(GPT2_XL, h200, dp=1, zero_stage=2, micro_batch=16, grad_accum=2)
+    assert t2.optimizer_s - t.optimizer_s >= GPT2_XL.params * 12 / bw * 0.99
+
+
+def test_zero12_host_work_grows_with_parameter_tensors():
+    """Same parameter count, more (smaller) tensors: DeepSpeed's per-tensor loops cost more host time."""
+    h200 = Cluster(1, 1, CATALOG["H200"])
+    wide = ModelSpec("wide", "gpt2", 12, 2048, 16, 16, 8192, 50304, 1024, True)
+    deep = ModelSpec("deep", "gpt2", 48, 1024, 16, 16, 4096, 50304, 1024, True)
+    assert abs(wide.params / deep.params - 1) < 0.1
+    for z in (1, 2):
+        w = step(wide, h200, dp=1, zero_stage=z, micro_batch=1)
+        d = step(deep, h200, dp=1, zero_stage=z, micro_batch=1)
+        assert d.overhead_s + d.optimizer_s > w.overhead_s + w.optimizer_s
+
+
+def test_partial_output_tiles_cost_a_whole_tile():
+    """N=1600 needs 7 tiles of 256 columns, like N=1792; N=1536 needs 6 (hidden 1600 runs below 1536's rate)."""
+    m, k = 16384, 6400
+    assert gemm_s(H100, m, 1600, k) == pytest.approx(gemm_s(H100, m, 1792, k), rel=1e-9)
+    rate = lambda n: 2 * m * n * k / gemm_s(H100, m, n, k)   # noqa: E731
+    assert rate(1600) < 0.93 * rate(1536)
