@@ -91,15 +91,18 @@ def layer_elementwise_bytes(model: ModelSpec, tokens: int, tp: int, act_bytes: i
     activation (2 x ffn/h) and SDPA's own reads/writes of q,k,v,out (4); backward — 2 norms (4 each), 2
     residual-grad adds (3 each), activation backward (3 x ffn/h), bias/norm-weight grads (read the grads,
     ~2 + ffn/h), SDPA's reads of q,k,v,out,dout and writes of dq,dk,dv (8) and the re-layout of dq,dk,dv
-    into the fused projection's gradient (6). Torch autocast adds fp32 residuals/norms and weight casts.
+    into the fused projection's gradient (6). Torch autocast keeps residuals and norms in fp32 (below).
     """
     h, f = model.hidden, model.ffn_hidden
     r = f / h * (1.5 if model.arch == "llama" else 1.0)    # SwiGLU touches gate, up and product
     split = (4 + 8 + 6) / tp + 2 * r / tp + 3 * r / tp + r / tp      # parts that live on this rank's heads/ffn shard
-    replicated = (2 * 2 + 2 * 3 + 2 * 4 + 2 * 3 + 2) / (tp if sequence_parallel else 1)
-    per_token = (split + replicated) * h * act_bytes
+    replicated = 2 * 2 + 2 * 3 + 2 * 4 + 2 * 3 + 2
     if engine == "torch":
-        per_token *= 1.35     # fp32 residual stream and norms under autocast
+        # autocast with fp32 weights keeps the residual stream and the norms in fp32: forward norms read and write
+        # fp32 (4 each) and their outputs are cast to bf16 for the next linear (3 each), residual adds read fp32 +
+        # bf16 and write fp32 (5 each); backward norms 6 each, the casts' backward 3 each, fp32 grad adds 6 each
+        replicated = 2 * 4 + 2 * 3 + 2 * 5 + 2 * 6 + 2 * 3 + 2 * 6 + 2
+    per_token = (split + replicated / (tp if sequence_parallel else 1)) * h * act_bytes
     return per_token * tokens
 
 
@@ -124,6 +127,10 @@ def microbatch_gpu_s(gpu: GPUType, model: ModelSpec, layers: int, micro_batch: i
     attn = attention_s(gpu, model, micro_batch, seq, tp, mm_prec)
     elem = layer_elementwise_bytes(model, tokens, tp, act_b, engine, sequence_parallel) / bw
     per_layer = gemm + attn + elem
+    weight_casts = engine == "torch"    # autocast: each fp32 weight cast to bf16 per forward (4+2 bytes), its bf16
+    #                                     weight grad cast back to fp32 in backward (2+4)
+    if weight_casts:
+        per_layer += 12 * sum(n * k for _, n, k in shapes) / bw
     if recompute == "full":   # one more forward: the forward third of the GEMMs, 2/7 of attention, ~1/3 of the rest
         per_layer += sum(gemm_s(gpu, m, n, k, mm_prec) for m, n, k in shapes) + attn * 2 / 7 + elem / 3
     elif recompute == "selective":
@@ -132,5 +139,5 @@ def microbatch_gpu_s(gpu: GPUType, model: ModelSpec, layers: int, micro_batch: i
     if has_head:
         v = model.vocab // tp if sequence_parallel else model.vocab     # vocabulary-parallel head and loss
         total += (fwd_bwd_gemm_s(gpu, [(tokens, v, model.hidden)], mm_prec)
-                  + loss_bytes(model, tokens) / bw * v / model.vocab)
+                  + loss_bytes(model, tokens) / bw * v / model.vocab + weight_casts * 12 * v * model.hidden / bw)
     return total
