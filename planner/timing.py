@@ -6,6 +6,8 @@ micro-batches are host bound, which is why GPT-2 124M at micro-batch 1 runs far 
 ceiling. DeepSpeed adds host work per parameter tensor (gradient hooks, per-tensor norm/overflow checks,
 ZeRO-3's gather/release per module) that partly overlaps the GPU's backward; ZeRO-0's unfused bf16
 optimizer synchronizes once per tensor (CheckOverflow.has_overflow_serial), so its step is serialized.
+ZeRO-1/2's step() waits on the device twice (the overflow flag's .item(), the norm's bool()), so the
+per-tensor float64 norm loop and the flat upcast/clip/AdamW/downcast run after the backward, hiding nothing.
 
 Host constants are per eager op on the calibration host (../shared/calibration, H200 node, torch 2.11,
 DeepSpeed 0.19.8): HOST_OP_S from plain PyTorch at micro-batch 1 (host bound), op counts read off the
@@ -107,11 +109,12 @@ def estimate_time(model: ModelSpec, cluster: Cluster, layout: Layout, training: 
     bw = gpu.hbm_gbps * 1e9 * HBM_EFFICIENCY
     act_bytes = 2 if training.precision in ("bf16", "fp16") else 4
     offload_s = serial_s = zero_gpu = 0.0
+    knobs = zero_knobs(model.hidden, z, training.zero_buckets, gpu.name.upper() != "CPU")
     if engine == "torch":
         opt_gpu, opt_host_serial, ds_host = shape.params * ADAMW_FUSED_BYTES / bw, 10 * TENSOR_OP_S, 0.0
     elif z in (1, 2):
         ds_host, zero_gpu, serial_s, opt_gpu = _zero12_step(tensors, shape.params, dp, z, m, bw,
-                                                             layout.offload != "none")
+                                                             layout.offload != "none", knobs)
         opt_host_serial = 0.0
         if layout.offload != "none":
             offload_s = local / CPU_ADAM_PARAMS_PER_S + 6 * local / (PCIE_GBPS * 1e9)
@@ -136,7 +139,6 @@ def estimate_time(model: ModelSpec, cluster: Cluster, layout: Layout, training: 
     compute_s = gpu_fb
     optimizer_s = (opt_gpu if z not in (1, 2) else 0.0) + opt_host_serial + zero_gpu + serial_s
     overhead_s = race - device          # host time (Python, hooks, launches) the GPU waits for
-    knobs = zero_knobs(model.hidden, z, training.zero_buckets, gpu.name.upper() != "CPU")
     comm = step_comm(model, cluster, layout, shape.params, training.seq_len, act_bytes, knobs.reduce_bucket)
     # backward is ~2/3 of a micro-batch's work; ZeRO-1 reduces only during the boundary micro-batch's
     backward_s = (mb_gpu if z == 1 else gpu_fb) * 2 / 3
@@ -154,13 +156,15 @@ def _calls(ops: tuple[int, int]) -> float:
 
 
 def _zero12_step(tensors: int, stage_params: int, dp: int, z: int, m: int, bw: float,
-                 offload: bool) -> tuple[float, float, float, float]:
+                 offload: bool, knobs) -> tuple[float, float, float, float]:
     """DeepSpeed ZeRO-1/2 gradient handling and step() on one rank, read off stage_1_and_2.py (0.19.8).
 
     Returns (host seconds that race the forward/backward, GPU seconds that join that race, seconds of the
     step phases that follow a host<-device sync and so hide nothing, of which the optimizer's GPU share).
     Backward: per-parameter hooks copy each grad into the IPG bucket, average_tensor divides the bucket in
-    place, reduce_ipg_grads copies the local share into grads_in_partition. step(): the overflow check
+    place, reduce_ipg_grads copies the local share into grads_in_partition; with overlap_comm every bucket's
+    allreduce_and_copy and the epilogue synchronize the device, and ZeRO-1 reduces from the hooks instead of
+    walking the grads after backward. step(): the overflow check
     (per-tensor amax/amin, then .item()), the float64 norm (per-tensor .to(double) + vector_norm, then
     bool()), then flatten, upcast, clip, foreach AdamW and the downcast on the flat fp32 partition.
     """
@@ -168,7 +172,10 @@ def _zero12_step(tensors: int, stage_params: int, dp: int, z: int, m: int, bw: f
     local = stage_params // dp
     passes = m if z == 2 else 1      # ZeRO-2 reduces every micro-batch; ZeRO-1 once, at the boundary
     host = DS_FIXED_S[z] + passes * (tensors * _calls(ZERO12_BWD_OPS) + local_tensors * _calls(ZERO12_PARTITION_OPS))
-    host += local_tensors * _calls(OVERFLOW_OPS) + (tensors * _calls(ZERO1_WALK_OPS) if z == 1 else 0.0)
+    host += local_tensors * _calls(OVERFLOW_OPS) + (tensors * _calls(ZERO1_WALK_OPS) if z == 1 else 0.0) * (
+        not knobs.overlap_comm)
+    if knobs.overlap_comm:
+        host += passes * (-(-stage_params // max(knobs.reduce_bucket, 1)) + 1) * SYNC_S
     race_gpu = (passes * (stage_params * ZERO12_BWD_BYTES + local * ZERO12_PARTITION_BYTES)
                 + local * ZERO12_CHECK_BYTES) / bw + local_tensors * 2 * KERNEL_GPU_S
     norm_host = local_tensors * (_calls(NORM_OPS) + (SYNC_S if offload else 0.0))  # offload: .item() per tensor
