@@ -11,7 +11,9 @@ per-tensor float64 norm loop and the flat upcast/clip/AdamW/downcast run after t
 
 Host constants are per eager op on the calibration host (../shared/calibration, H200 node, torch 2.11,
 DeepSpeed 0.19.8): HOST_OP_S from plain PyTorch at micro-batch 1 (host bound), op counts read off the
-engine's code paths (counted per parameter tensor); they are the only calibrated numbers in the model.
+engine's code paths (counted per parameter tensor). Calibrated on the 124M points: HOST_OP_S, TENSOR_OP_S,
+CKPT_BLOCK_S, DS_FIXED_S, OVERLAP_LEFT; VIEW_OP_S (a call that launches nothing) is an estimate. Bytes and
+op counts are read off the code, not fitted.
 """
 from __future__ import annotations
 
