@@ -190,7 +190,8 @@ def print_table(points: list[dict], summ: dict) -> None:
         s = summ[name]
         if not s:
             continue
-        line = (f"{name:14}: memory {s['points']:2} points: MAPE {s['peak_mape']:.1%} (max {s['peak_max_abs_err']:.1%}, "
+        line = (f"{name:14}: memory {s['points']:2} points: MAPE {s['peak_mape']:.1%} "
+                f"(max {s['peak_max_abs_err']:.1%}, "
                 f"{s['peak_within_target']}/{s['points']} within 10%)")
         if s["step_mape"] is not None:
             line += (f" | step time {s['timed_points']:2} timed points: MAPE {s['step_mape']:.1%}, mean "
@@ -205,7 +206,8 @@ def print_reference(reference: list[dict], summ: dict) -> None:
     if not reference:
         return
     print("\nreference (step time and MFU; MFU = (6N + 12·L·h·s)·tokens / step / 989 TFLOP/s):")
-    print(f"{'point':44} {'model':6} {'mbs':>3} | {'step meas':>9} {'pred':>7} {'err':>6} | {'MFU meas':>8} {'pred':>6}")
+    print(f"{'point':44} {'model':6} {'mbs':>3} | {'step meas':>9} {'pred':>7} {'err':>6} | "
+          f"{'MFU meas':>8} {'pred':>6}")
     for p in reference:
         flag = ("" if not p["counted"] else " " if abs(p["step_err"]) <= TIME_TARGET else "!")
         note = "  (torch.compile: planner models eager, not counted)" if p["compile"] else ""
