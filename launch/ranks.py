@@ -122,7 +122,8 @@ def pick_reported(failures: list[ReportedFailure]) -> ReportedFailure | None:
 # ---------------------------------------------------------------- watching local ranks
 
 class RankWatcher(threading.Thread):
-    """Polls the launcher's descendants; remembers each rank's pid and the order in which ranks vanished.
+    """Polls the launcher's descendants; remembers each rank's pid, the order in which ranks vanished, and
+    how each ended when its zombie was still there to read (until the launcher reaps it).
 
     Polling every 0.1 s is enough: a killed rank's peers need at least a collective's round trip to fail.
     """
@@ -132,16 +133,24 @@ class RankWatcher(threading.Thread):
         self.launcher_pid, self.interval = launcher_pid, interval
         self.pids: dict[int, int] = {}              # rank -> pid
         self.vanished: list[tuple[float, int]] = []  # (time, rank), in the order seen
+        self.status: dict[int, int] = {}            # rank -> wait status (exit code << 8 | signal)
         self._halt = threading.Event()
 
     def run(self) -> None:
         while not self._halt.is_set():
-            live = _train_ranks_under(self.launcher_pid)
-            now = time.time()
-            for rank, pid in live.items():
+            for rank, pid in _train_ranks_under(self.launcher_pid).items():
                 self.pids.setdefault(rank, pid)
-            gone = {r for r, pid in self.pids.items() if live.get(r) != pid} - {r for _, r in self.vanished}
-            self.vanished += [(now, r) for r in sorted(gone)]
+            now, seen_gone = time.time(), {r for _, r in self.vanished}
+            gone = []
+            for rank, pid in sorted(self.pids.items()):
+                if rank in seen_gone:
+                    continue
+                state, status = _process_state(pid)
+                if state in (None, "Z", "X"):  # reaped, or a zombie waiting for the launcher to reap it
+                    gone.append(rank)
+                    if status is not None:
+                        self.status[rank] = status
+            self.vanished += [(now, r) for r in gone]
             self._halt.wait(self.interval)
 
     def stop(self) -> None:
@@ -154,6 +163,21 @@ class RankWatcher(threading.Thread):
             return []
         t0 = self.vanished[0][0]
         return [r for t, r in self.vanished if t == t0]
+
+
+def _process_state(pid: int) -> tuple[str | None, int | None]:
+    """(state letter or None when gone, wait status when a zombie): /proc/PID/stat, whose last field is
+    the exit_code a zombie leaves for its parent (proc(5), Linux 3.5+)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None, None
+    zombie = fields[0] == "Z" and len(fields) >= 50 and fields[-1].isdigit()
+    return fields[0], int(fields[-1]) if zombie else None
+
+
+def describe_status(status: int) -> str:
+    return f"killed by {_signal_name(status & 0x7F)}" if status & 0x7F else f"exit code {status >> 8}"
 
 
 def _train_ranks_under(root: int) -> dict[int, int]:
@@ -177,16 +201,18 @@ def _train_ranks_under(root: int) -> dict[int, int]:
     ranks, todo = {}, list(children.get(root, []))
     while todo:
         pid = todo.pop()
-        todo += children.get(pid, [])
         try:
-            if TRAIN_MODULE.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes():
-                continue
-            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            is_rank = TRAIN_MODULE.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if is_rank else []
         except OSError:
-            continue
-        for item in env:
-            if item.startswith(b"RANK="):
-                ranks[int(item[5:])] = pid
+            is_rank, env = False, []
+        rank = next((int(item[5:]) for item in env if item.startswith(b"RANK=") and item[5:].isdigit()), None)
+        if rank is None:
+            todo += children.get(pid, [])
+        else:
+            # The topmost training process is the rank; below it are its own helpers (forks share its
+            # command line and environment until they exec).
+            ranks.setdefault(rank, pid)
     return ranks
 
 
@@ -207,13 +233,24 @@ def is_victim(path: Path) -> bool:
 
 
 def diagnose(log_dir: Path, since: float, *, exit_code: int | None, watched: list[int] = (),
-             reports: list[tuple[str | None, str]] = (), procs_per_node: int = 1) -> Failure:
+             statuses: dict[int, int] | None = None, reports: list[tuple[str | None, str]] = (),
+             procs_per_node: int = 1) -> Failure:
     """The first failing rank and its log, from the evidence at hand (see the module docstring)."""
     logs = rank_logs(log_dir, since, procs_per_node)
-    candidates = list(watched)
-    if len(candidates) > 1:  # several vanished in one poll: the one that is not a peer's victim
-        candidates = [r for r in candidates if r not in logs or not is_victim(logs[r])] or candidates
+    statuses = statuses or {}
     reported = pick_reported([f for source, text in reports for f in torchrun_failures(text, source)])
+    candidates = list(watched)
+    if len(candidates) > 1:  # several vanished in one poll: the one that is not a casualty of the others
+        def innocence(rank: int) -> int:
+            status = statuses.get(rank)
+            if reported is not None and rank == reported.rank and reported.signal != "SIGTERM":
+                return 0  # torchrun saw this one die, not of the teardown's SIGTERM
+            if status is not None and status & 0x7F and status & 0x7F != 15:
+                return 1  # a signal, not the launcher's SIGTERM
+            if rank in logs and is_victim(logs[rank]) or status is not None and status & 0x7F == 15:
+                return 4  # lost its peer, or was terminated by the launcher
+            return 2 if status is not None and status else 3
+        candidates.sort(key=innocence)
     rank, why = None, None
     if candidates:
         rank = candidates[0]
@@ -229,12 +266,17 @@ def diagnose(log_dir: Path, since: float, *, exit_code: int | None, watched: lis
     log = logs.get(rank) if rank is not None else None
     if reported is not None and rank == reported.rank and reported.log and log is None:
         log = Path(reported.log)
-    if reported is not None and rank == reported.rank and reported.signal:
+    status = statuses.get(rank) if candidates else None
+    if status is not None and status & 0x7F:
+        detail = describe_status(status)
+    elif reported is not None and rank == reported.rank and reported.signal:
         detail = None if not candidates else f"killed by {reported.signal}"  # `why` says it otherwise
     else:
         detail = last_error_line(log) if log else None
         ds_exit = _DS_EXIT.search("\n".join(text for _, text in reports))
-        if detail is None and ds_exit and int(ds_exit.group(1)) < 0:
+        if detail is None and status is not None:
+            detail = describe_status(status)
+        elif detail is None and ds_exit and int(ds_exit.group(1)) < 0:
             detail = f"killed by {_signal_name(-int(ds_exit.group(1)))}"
     code = f"exit code {exit_code}" if exit_code is not None else "failed"
     if rank is None:

@@ -111,6 +111,7 @@ def run_local(run: RunDir, scheduler: str, cmd: Command, *, resume: bool, echo, 
         job = job.finish(finished=time.time(), exit_code=rc, state=CANCELLED, reason="cancelled")
     else:
         failure = ranks.diagnose(log_dir, started, exit_code=rc, watched=watcher.first_vanished(),
+                                 statuses=watcher.status,
                                  reports=[(None, launcher_log.read_text(errors="replace"))],
                                  procs_per_node=run.procs_per_node)
         job = job.finish(finished=time.time(), exit_code=rc, state=FAILED, failed_rank=failure.rank,

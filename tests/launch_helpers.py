@@ -101,38 +101,27 @@ def kill_rank_at_step(run_dir: Path, rank: int, step: int, proc: subprocess.Pope
     raise AssertionError(f"rank {rank} of {run_dir} never reached step {step} within {timeout}s")
 
 
-def split_runs(rows: list[dict]) -> list[list[dict]]:
-    """metrics.jsonl of a run and its resumptions: a new segment starts where the step goes back."""
-    segments: list[list[dict]] = []
-    previous = None
-    for row in rows:
-        if "step" not in row:
-            if segments:
-                segments[-1].append(row)
-            continue
-        if previous is None or row["step"] <= previous:
-            segments.append([])
-        segments[-1].append(row)
-        previous = row["step"]
-    return segments
-
-
 def check_resumed_curve(run_dir: Path, total_steps: int) -> dict:
     """The killed run and its resumption form one run: no step lost, none repeated past the checkpoint,
-    and the steps both computed (after the checkpoint, before the kill) have the same loss."""
-    first, second = split_runs(metrics(run_dir))
-    summary = next(r for r in second if r.get("event") == "summary")
+    and the steps both computed (after the checkpoint, before the kill) have the same loss.
+
+    metrics.jsonl holds the killed run's steps 1..k, then the resumed run's c+1..total (c = the checkpoint
+    it resumed from, in its summary); steps c+1..k appear twice, from the two runs."""
+    rows = metrics(run_dir)
+    summary = rows[-1]
+    assert summary.get("event") == "summary", summary
     resumed_from = summary["resumed_from"]
-    steps1 = [r["step"] for r in first if "step" in r]
-    steps2 = [r["step"] for r in second if "step" in r]
+    steps = [r for r in rows if "step" in r]
+    cut = len(steps) - (total_steps - resumed_from)
+    first, second = steps[:cut], steps[cut:]
     assert resumed_from >= 2, f"no checkpoint before the kill: resumed_from={resumed_from}"
-    assert steps1 == list(range(1, len(steps1) + 1)) and steps1[-1] >= resumed_from, steps1
-    assert steps2 == list(range(resumed_from + 1, total_steps + 1)), (resumed_from, steps2)
-    loss1 = {r["step"]: r["loss"] for r in first if "step" in r}
+    assert [r["step"] for r in first] == list(range(1, len(first) + 1)) and len(first) >= resumed_from, first
+    assert [r["step"] for r in second] == list(range(resumed_from + 1, total_steps + 1)), (resumed_from, second)
+    loss1 = {r["step"]: r["loss"] for r in first}
     for row in second:
-        if row.get("step") in loss1:  # recomputed from the checkpoint: the identical curve
+        if row["step"] in loss1:  # recomputed from the checkpoint: the identical curve
             assert abs(row["loss"] - loss1[row["step"]]) <= 1e-4 * abs(loss1[row["step"]]), (row, loss1)
-    return {"resumed_from": resumed_from, "killed_after": steps1[-1], "summary": summary}
+    return {"resumed_from": resumed_from, "killed_after": len(first), "summary": summary}
 
 
 def no_training_left(run_dir: Path) -> bool:
