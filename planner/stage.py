@@ -23,8 +23,7 @@ class StageShape:
 
 def layer_params_on_rank(model: ModelSpec, tp: int) -> int:
     """A layer's matrices and column-parallel biases split over tp; norms and row-parallel biases replicated."""
-    h, q = model.hidden, model.n_heads * model.head_dim
-    kv, f = model.n_kv_heads * model.head_dim, model.ffn_hidden
+    h = model.hidden
     total = model.params_per_layer
     if model.arch == "gpt2":
         replicated = 4 * h + h + h            # two LayerNorms, c_proj and mlp c_proj biases

@@ -1,7 +1,7 @@
 """pytest fixture: a real SLURM cluster on this machine (munge, slurmctld, two slurmd nodes on 127.0.0.1).
 
 It runs .ci/slurm.sh: `install` (apt-get the Debian packages when they are missing), `start` (reuses
-daemons that already run), and after the module's tests `stop` — only when tests started them, so a
+daemons that already run), and after the test session `stop` — only when tests started them, so a
 cluster a developer keeps running survives. Needs root (the Debian daemons run as root here);
 skips with the reason when not root, when there is no apt-get, or when the packages cannot be installed.
 A cluster that is installed but does not come up is a failure, not a skip.
@@ -36,11 +36,11 @@ def _live_users(users: Path) -> list[Path]:
     return live
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def slurm_cluster():
     """Yields the environment for SLURM clients: {"SLURM_CONF": path}.
 
-    Module-scoped: the daemons stop right after the module's tests. Test sessions running at the same
+    Session-scoped: started once for every SLURM test, stopped at the end. Test sessions running at the same
     time share one cluster (its ports are fixed); the last one out stops it if tests started it."""
     if os.geteuid() != 0:
         pytest.skip("the SLURM test cluster needs root (Debian's slurmctld/slurmd/munge run as root here)")

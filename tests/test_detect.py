@@ -5,7 +5,6 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -205,23 +204,10 @@ def test_detect_cluster_order(tmp_path):
     assert (c.source, c.hosts) == ("slurm", ("n1", "n2", "n3"))
 
 
-# ---- a real allocation on the local SLURM test cluster (.ci/slurm.sh), when it is up
-def _running_slurm_conf() -> str | None:
-    script = Path(__file__).resolve().parents[1] / ".ci" / "slurm.sh"
-    if os.environ.get("SLURM_CONF"):
-        return os.environ["SLURM_CONF"]
-    if not shutil.which("srun") or not script.exists():
-        return None
-    if subprocess.run(["bash", str(script), "status"], capture_output=True, timeout=30).returncode:
-        return None
-    return subprocess.run(["bash", str(script), "conf"], capture_output=True, text=True, timeout=30).stdout.strip()
-
-
+# ---- a real allocation on the local SLURM test cluster (.ci/slurm.sh)
 @pytest.mark.slurm
-def test_detect_inside_a_real_two_node_allocation():
-    conf = _running_slurm_conf()
-    if not conf:
-        pytest.skip("no local SLURM test cluster (.ci/slurm.sh start)")
+def test_detect_inside_a_real_two_node_allocation(slurm_cluster):
+    conf = slurm_cluster["SLURM_CONF"]
     code = ("import json; from shardplan.planner.detect import detect_cluster; c = detect_cluster(); "
             "print(json.dumps([c.spec, c.hosts, c.source]))")
     out = subprocess.run(["srun", "-N2", "--ntasks-per-node=1", "-t", "1", "--immediate=60", sys.executable, "-c", code],

@@ -329,24 +329,11 @@ def test_rendered_ds_config_initialises_a_real_deepspeed_engine(tmp_path, layout
     assert out.returncode == 0 and "ENGINE OK" in out.stdout, out.stdout[-3000:] + out.stderr[-3000:]
 
 
-def _slurm_conf() -> str | None:
-    """SLURM_CONF of the local test cluster (.ci/slurm.sh) when it is up; None otherwise."""
-    script = Path(__file__).resolve().parents[1] / ".ci" / "slurm.sh"
-    if not shutil.which("sbatch") or not script.exists():
-        return None
-    status = subprocess.run(["bash", str(script), "status"], capture_output=True, text=True, timeout=30)
-    if status.returncode:
-        return None
-    return subprocess.run(["bash", str(script), "conf"], capture_output=True, text=True, timeout=30).stdout.strip()
-
-
 @pytest.mark.slurm
-def test_job_sbatch_on_real_slurm_expands_node_rank_per_node_and_keeps_paths_literal(tmp_path):
+def test_job_sbatch_on_real_slurm_expands_node_rank_per_node_and_keeps_paths_literal(tmp_path, slurm_cluster):
     """sbatch reads the quoted #SBATCH values (output path with spaces, quotes, $, backticks, %), srun starts one
     task per node, each expands its own SLURM_NODEID, and "$@" reaches the program intact."""
-    conf = os.environ.get("SLURM_CONF") or _slurm_conf()
-    if not conf:
-        pytest.skip("no local SLURM test cluster (.ci/slurm.sh start)")
+    conf = slurm_cluster["SLURM_CONF"]
     fake = tmp_path / "fake python"
     fake.write_text('#!/bin/sh\nprintf \'%s\\0\' "$@" > "$ARGV_OUT-node$SLURM_NODEID"\n')
     fake.chmod(0o755)

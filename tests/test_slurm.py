@@ -17,7 +17,6 @@ import pytest
 
 from launch_helpers import (check_resumed_curve, kill_rank_at_step, metrics, no_training_left,
                             render, shardplan, start_shardplan)
-from slurm_cluster import slurm_cluster  # noqa: F401  (the fixture)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.multiproc]
 
