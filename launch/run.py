@@ -156,21 +156,7 @@ def terminate_group(pgid: int, grace: float = 10.0) -> None:
         os.killpg(pgid, signal.SIGTERM)
     except ProcessLookupError:
         return
-
-    def reap() -> None:
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(pgid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.2)
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-    threading.Thread(target=reap, daemon=True).start()
+    threading.Thread(target=_wait_group_gone, args=(pgid, grace), daemon=True).start()
 
 
 def _shell_code(rc: int) -> int:
@@ -329,6 +315,7 @@ def cancel(run_dir: Path) -> str:
 
 
 def _wait_group_gone(pgid: int, timeout: float) -> None:
+    """Wait for a process group to exit; SIGKILL what is left after timeout seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:

@@ -365,3 +365,16 @@ def test_job_sbatch_on_real_slurm_expands_node_rank_per_node_and_keeps_paths_lit
         assert got == expected
     logs = run_dir / "logs"
     assert (logs / f"slurm-{job}.out").exists() and (logs / f"slurm-{job}-node1.out").exists()
+
+
+def test_every_rendered_run_dir_passes_the_validate_command(rendered):
+    """What users put in their CI, run on every rendered artifact: `shardplan validate --strict RUN_DIR...`
+    (sizes from each run's plan.json; schema, cross-field rules and DeepSpeed's own parser)."""
+    from click.testing import CliRunner
+
+    from shardplan.launch.cli import main
+
+    dirs = [str(result.run_dir) for result, _ in rendered.values()]
+    outcome = CliRunner().invoke(main, ["validate", "--strict", "--json", *dirs])
+    assert outcome.exit_code == 0, outcome.output
+    assert len(dirs) == len(MATRIX)
