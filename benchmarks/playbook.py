@@ -2,17 +2,39 @@
 
 3,257 runs of Llama-shaped 1B/3B/8B/80B models (seq 4096, global batch 256 sequences) on 1-64 nodes of
 8xH100-80GB, trained by nanotron. For every run: does shardplan predict it fits or runs out of memory
-(confusion matrix against the runs that crashed, mem_gb = nan), how far its peak memory is from the
-measured one where the run completed, and how well predicted tokens/s per GPU ranks the measured ones
-(Spearman). Writes benchmarks/results/playbook.json.
+(confusion matrix against the runs that crashed, mem_gb = nan), how far its memory is from the measured
+one where the run completed, and how well predicted tokens/s per GPU ranks the measured ones (Spearman).
+Writes benchmarks/results/playbook.json.
 
-    python benchmarks/playbook.py [--json]
+    python benchmarks/playbook.py [--json] [--nanotron-csv bench_final2_mfu2.csv]
 
-Caveat, stated up front: nanotron is not DeepSpeed. It keeps fp32 gradient accumulation buffers, splits
-the vocabulary over tp and runs sequence-parallel norms; shardplan models its own GPT-2/Llama program on
-DeepSpeed. The shapes are Llama 3.2 1B, Llama 3.2 3B, Llama 3.1 8B and, for "80B", Llama 3.1 70B's
-shape (80 layers, hidden 8192) — the playbook's exact 80B config is not in the CSV. mem_gb is read as
-GiB (torch's allocator statistics divided by 1024^3; the largest completed run shows 77.4 of 79.1).
+What mem_gb is (nanotron commit e24d2483, the playbook's sweep, Feb 2025): each run wrote one CSV row
+from world rank 0 (helpers.py create_table_log / log_throughput, at iteration 3 of NANOTRON_BENCHMARK=1)
+with "Mem Alloc (GB)" = torch.cuda.max_memory_allocated() / 1024**3 and "Mem Res (GB)" =
+max_memory_reserved() / 1024**3. The plot shows "Mem Res": every completed run's mem_gb equals the raw
+CSV's Mem Res to 0.05 (the raw bench_final2_mfu2.csv is public in the Rapid-LLM repositories). So mem_gb
+is RESERVED memory, in GiB, of rank 0 = the FIRST pipeline stage, not the worst rank. (Mem Alloc is no
+use as a peak: trainer.py calls log_memory(), which resets the peak statistics, right after
+train_batch_iter, so it only sees the optimizer step; it does not move with the micro-batch.)
+
+The models (scripts/scaling_benchmarks.py, which generated the sweep): NUM_KEY_VALUE_HEADS = None, so
+every model is multi-head (kv heads = heads); vocab 131072; tied embeddings when intermediate < 10,000.
+1B = (16, 2048, 32, 8192) = 1.34G, 3B = (28, 3072, 32, 8192) = 3.57G ("24heads -> 32heads"), 8B =
+(32, 4096, 32, 14336) = 8.86G, and "80B" = Llama 3.1 70B's shape with 64 kv heads = 80.0G (the raw CSV's
+Total Params). tp_mode REDUCE_SCATTER (sequence parallel, vocab-parallel fp32 cross-entropy),
+accumulate_grad_in_fp32 True for every run, no recompute, flash-attn, 1F1B.
+
+How nanotron maps onto shardplan's DeepSpeed model: its FP32GradientAccumulator keeps a full fp32
+gradient buffer and fp32 master weights (optim/gradient_accumulator.py); ZeRO-1 shards master + Adam
+moments over dp, ZeRO-0 does not. That is DeepSpeed's BF16_Optimizer with grad_accum_dtype fp32, with
+dp = 1 for ZeRO-0's optimizer (memory only; time uses the real dp).
+
+Reserved memory: the caching allocator keeps the blocks freed between micro-batches and splits them
+again; what it reserves on top of the allocated peak grows with the memory that comes and goes each step
+(activations, logits, buckets), not with the model states. The H200 calibration
+(../shared/calibration/h200_gpt2_probe_train.jsonl, DeepSpeed rows) measures that excess as a fraction of
+the transient memory (peak_allocated - mem_steady); its median is applied to the predicted
+activations + other bytes: reserved = peak + k * transient.
 """
 from __future__ import annotations
 
@@ -26,21 +48,35 @@ from pathlib import Path
 from shardplan.planner.cluster import CATALOG, Cluster
 from shardplan.planner.estimate import Training
 from shardplan.planner.layout import Layout
-from shardplan.planner.memory import estimate_memory
+from shardplan.planner.memory import memory_phases
 from shardplan.planner.model import ModelSpec
 from shardplan.planner.timing import estimate_time
 
 ROOT = Path(__file__).resolve().parents[1]
-CSV = ROOT.parent / "shared" / "reference" / "ultrascale_playbook_sweep.csv"
+SHARED = ROOT.parent / "shared"
+CSV = SHARED / "reference" / "ultrascale_playbook_sweep.csv"
+CALIBRATION = SHARED / "calibration" / "h200_gpt2_probe_train.jsonl"
 OUT = ROOT / "benchmarks" / "results" / "playbook.json"
 GiB = 2**30
-V = 128256
-MODELS = {   # Llama 3.x configs (config.json of meta-llama/Llama-3.2-1B, -3.2-3B, -3.1-8B, -3.1-70B)
-    "1B": ModelSpec("llama-3.2-1b", "llama", 16, 2048, 32, 8, 8192, V, 131072, True),
-    "3B": ModelSpec("llama-3.2-3b", "llama", 28, 3072, 24, 8, 8192, V, 131072, True),
-    "8B": ModelSpec("llama-3.1-8b", "llama", 32, 4096, 32, 8, 14336, V, 131072, False),
-    "80B": ModelSpec("llama-3.1-70b-shape", "llama", 80, 8192, 64, 8, 28672, V, 131072, False),
+V = 131072
+MODELS = {   # nanotron scripts/scaling_benchmarks.py model_configs, NUM_KEY_VALUE_HEADS = None (multi-head)
+    "1B": ModelSpec("nanotron-1b", "llama", 16, 2048, 32, 32, 8192, V, 4096, True),
+    "3B": ModelSpec("nanotron-3b", "llama", 28, 3072, 32, 32, 8192, V, 4096, True),
+    "8B": ModelSpec("nanotron-8b", "llama", 32, 4096, 32, 32, 14336, V, 4096, False),
+    "80B": ModelSpec("nanotron-80b", "llama", 80, 8192, 64, 64, 28672, V, 4096, False),
 }
+
+
+def allocator_excess_fraction(path: Path = CALIBRATION) -> float:
+    """Median over the calibration's DeepSpeed runs of (peak_reserved - peak_allocated) / (peak_allocated -
+    mem_steady): what the caching allocator reserves beyond the allocated peak, per byte of transient memory."""
+    fr = []
+    for line in path.open():
+        r = json.loads(line)
+        if r.get("ok") and r.get("engine") == "deepspeed" and r["peak_allocated"] > r["mem_steady"]:
+            fr.append((r["peak_reserved"] - r["peak_allocated"]) / (r["peak_allocated"] - r["mem_steady"]))
+    fr.sort()
+    return (fr[(len(fr) - 1) // 2] + fr[len(fr) // 2]) / 2
 
 
 def spearman(xs: list[float], ys: list[float]) -> float:
@@ -62,23 +98,28 @@ def spearman(xs: list[float], ys: list[float]) -> float:
     return cov / math.sqrt(sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry))
 
 
-def predict(row: dict) -> dict:
+def predict(row: dict, excess: float) -> dict:
     model = MODELS[row["model"]]
     cluster = Cluster(int(row["nodes"]), 8, CATALOG["H100-80GB"])
-    layout = Layout(dp=int(row["dp"]), tp=int(row["tp"]), pp=int(row["pp"]), zero_stage=int(row["zero"]),
+    dp, zero = int(row["dp"]), int(row["zero"])
+    layout = Layout(dp=dp, tp=int(row["tp"]), pp=int(row["pp"]), zero_stage=zero,
                     micro_batch=int(row["mbs"]), grad_accum=int(row["gas"]))
-    # the DeepSpeed configuration closest to nanotron's: sequence + vocabulary parallel TP; ZeRO-1 with fp32
-    # gradient accumulation (BF16_Optimizer: full fp32 grad buffer, sharded master + moments); ZeRO-0 keeps
-    # the whole optimizer on every rank as nanotron does (FP16_UnfusedOptimizer when pp = 1)
-    fp32_accum = layout.zero_stage == 1
-    training = Training(seq_len=4096, global_batch=int(row["gbs"]), sequence_parallel=True,
-                        grad_accum_dtype="fp32" if fp32_accum else "model")
-    mem = estimate_memory(model, cluster, layout, training)
+    # nanotron: fp32 gradient accumulation in every run, sequence + vocabulary parallel TP
+    training = Training(seq_len=4096, global_batch=int(row["gbs"]), sequence_parallel=True, grad_accum_dtype="fp32")
+    # BF16_Optimizer shards master + moments over dp; nanotron's ZeRO-0 keeps them whole: dp = 1 for memory
+    mem_layout = Layout(**{**layout.to_dict(), "dp": 1}) if zero == 0 else layout
+    # rank 0 (the only one nanotron's benchmark CSV reports) sits on the first pipeline stage
+    phases = [parts for name, parts in memory_phases(model, cluster, mem_layout, training)
+              if name.startswith(("first/", "all/"))]
+    params, grads, optim, acts, other = max(phases, key=sum)
+    peak = params + grads + optim + acts + other
+    reserved = peak + excess * (acts + other)
     t = estimate_time(model, cluster, layout, training)
     tokens = layout.global_batch * training.seq_len
     ran = row["mem_gb"] != "nan"
     return {"model": row["model"], "nodes": int(row["nodes"]), "layout": layout.to_dict(),
-            "predicted_peak_gib": mem.peak_bytes / GiB, "predicted_fits": mem.peak_bytes <= mem.capacity_bytes,
+            "predicted_peak_gib": peak / GiB, "predicted_reserved_gib": reserved / GiB,
+            "predicted_fits": reserved <= cluster.gpu.memory_bytes,
             "ran": ran, "measured_gib": float(row["mem_gb"]) if ran else None,
             "predicted_tok_s_gpu": tokens / t.step_s / cluster.world_size,
             "measured_tok_s_gpu": float(row["tok_s_gpu"]) if ran else None}
@@ -93,39 +134,75 @@ def confusion(points: list[dict]) -> dict:
     return c
 
 
+def _median(xs: list[float]) -> float | None:
+    xs = sorted(xs)
+    return (xs[(len(xs) - 1) // 2] + xs[len(xs) // 2]) / 2 if xs else None
+
+
 def summarize(points: list[dict]) -> dict:
     out = {}
     for name in ["all"] + list(MODELS):
         ps = [p for p in points if name == "all" or p["model"] == name]
         ran = [p for p in ps if p["ran"]]
-        errs = [p["predicted_peak_gib"] / p["measured_gib"] - 1 for p in ran]
+        errs = [p["predicted_reserved_gib"] / p["measured_gib"] - 1 for p in ran]
+        peak_errs = [p["predicted_peak_gib"] / p["measured_gib"] - 1 for p in ran]
+        oom_only = [p for p in ps if p.get("status", "OOM" if not p["ran"] else "Success") != "Other"]
         out[name] = {"runs": len(ps), "confusion": confusion(ps),
+                     "confusion_oom_only": confusion(oom_only) if len(oom_only) < len(ps) else None,
                      "memory_mape_on_ran": sum(map(abs, errs)) / len(errs) if errs else None,
-                     "memory_median_err_on_ran": sorted(errs)[len(errs) // 2] if errs else None,
+                     "memory_median_err_on_ran": _median(errs),
+                     "allocated_peak_median_err_on_ran": _median(peak_errs),
                      "within_20pct": sum(abs(e) <= 0.2 for e in errs),
                      "spearman_tok_s_gpu": spearman([p["predicted_tok_s_gpu"] for p in ran],
                                                     [p["measured_tok_s_gpu"] for p in ran]) if len(ran) > 2 else None}
     return out
 
 
+def crash_status(path: Path) -> dict:
+    """(model, dp, tp, pp, zero, mbs, gas) -> nanotron's status ("OOM" or "Other": a crash that was not out
+    of memory) from the raw benchmark CSV (bench_final2_mfu2.csv), for multi-head vocab-131k runs."""
+    hidden = {m.hidden: k for k, m in MODELS.items()}
+    out = {}
+    for r in csv.DictReader(path.open()):
+        name = r["name"]
+        if "gqa" in name or "vocab131k" not in name or int(r["hidden_size"]) not in hidden:
+            continue
+        key = (hidden[int(r["hidden_size"])], int(r["dp"]), int(r["tp"]), int(r["pp"]), int(r["zero_stage"]),
+               int(r["mbs"]), int(float(r["batch_accum"])))
+        if out.get(key) != "OOM":         # a configuration that ran out of memory once counts as OOM
+            out[key] = r["status"]
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--nanotron-csv", type=Path, help="nanotron's raw benchmark CSV (bench_final2_mfu2.csv): "
+                    "splits the crashes into out-of-memory and other failures")
     args = ap.parse_args()
     if not CSV.is_file():
         print(f"{CSV} not found (../shared next to the checkout)", file=sys.stderr)
         return 2
     rows = list(csv.DictReader(CSV.open()))
-    points = [predict(r) for r in rows]
+    excess = allocator_excess_fraction()
+    points = [predict(r, excess) for r in rows]
+    if args.nanotron_csv:
+        status = crash_status(args.nanotron_csv)
+        for r, p in zip(rows, points):
+            if not p["ran"]:
+                key = (r["model"], *(int(r[k]) for k in ("dp", "tp", "pp", "zero", "mbs", "gas")))
+                p["status"] = status.get(key, "OOM")
     summ = summarize(points)
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    columns = ["model", "nodes", "dp", "tp", "pp", "zero", "mbs", "gas", "predicted_peak_gib", "measured_gib",
-               "predicted_fits", "ran", "predicted_tok_s_gpu", "measured_tok_s_gpu"]
+    columns = ["model", "nodes", "dp", "tp", "pp", "zero", "mbs", "gas", "predicted_peak_gib",
+               "predicted_reserved_gib", "measured_gib", "predicted_fits", "ran", "predicted_tok_s_gpu",
+               "measured_tok_s_gpu"]
     table = [[p["model"], p["nodes"], p["layout"]["dp"], p["layout"]["tp"], p["layout"]["pp"],
               p["layout"]["zero_stage"], p["layout"]["micro_batch"], p["layout"]["grad_accum"],
-              round(p["predicted_peak_gib"], 2), p["measured_gib"], p["predicted_fits"], p["ran"],
+              round(p["predicted_peak_gib"], 2), round(p["predicted_reserved_gib"], 2), p["measured_gib"],
+              p["predicted_fits"], p["ran"],
               round(p["predicted_tok_s_gpu"]), p["measured_tok_s_gpu"]] for p in points]
-    OUT.write_text(json.dumps({"summary": summ, "models": {k: m.to_dict() for k, m in MODELS.items()},
+    OUT.write_text(json.dumps({"summary": summ, "allocator_excess_fraction": excess, "models": {k: m.to_dict() for k, m in MODELS.items()},
                                "columns": columns, "points": table}) + "\n")
     if args.json:
         print(json.dumps(summ, indent=1))
@@ -139,6 +216,13 @@ def main() -> int:
         rho = f"{s['spearman_tok_s_gpu']:.2f}" if s["spearman_tok_s_gpu"] is not None else "-"
         print(f"{name:5} {s['runs']:>5} | {c['fit_ran']:>7} {c['fit_crashed']:>9} {c['oom_ran']:>7} "
               f"{c['oom_crashed']:>9} {c['accuracy']:>5.1%} | {mape:>8} {med:>7} {s['within_20pct']:>6} | {rho:>8}")
+    print(f"memory = predicted reserved (allocated peak of rank 0 + {excess:.2f} x its transient bytes) vs "
+          f"mem_gb; the allocated peak alone: median {summ['all']['allocated_peak_median_err_on_ran']:+.1%}")
+    oom = summ["all"]["confusion_oom_only"]
+    if oom:
+        print(f"crashes that were out of memory only ({oom['fit_crashed'] + oom['oom_crashed']} of "
+              f"{summ['all']['confusion']['fit_crashed'] + summ['all']['confusion']['oom_crashed']}): fit&crash "
+              f"{oom['fit_crashed']}, oom&crash {oom['oom_crashed']}, accuracy {oom['accuracy']:.1%}")
     print(f"wrote {OUT.relative_to(ROOT)}")
     return 0
 
