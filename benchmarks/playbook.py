@@ -43,6 +43,7 @@ import csv
 import json
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from shardplan.planner.cluster import CATALOG, Cluster
@@ -98,6 +99,21 @@ def spearman(xs: list[float], ys: list[float]) -> float:
     return cov / math.sqrt(sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry))
 
 
+def first_stage_layers(model: ModelSpec, pp: int) -> int:
+    """Decoder layers on nanotron's first pipeline stage. models/base.py build_model walks the blocks
+    (embedding 0, each layer 4h·(heads·head_dim) + 3h·ffn, lm_head V·h) and moves to the next rank only after
+    a block whose cumulative cost passes total·(rank+1)/pp: the first stage takes floor(total/(pp·layer))+1
+    layers, more than ceil(L/pp) because the LM head weighs like several layers."""
+    layer = 4 * model.n_heads * model.head_dim * model.hidden + 3 * model.ffn_hidden * model.hidden
+    total = model.n_layers * layer + model.vocab * model.hidden
+    cumulative = 0
+    for k in range(1, model.n_layers + 1):
+        cumulative += layer
+        if cumulative > total / pp:
+            return k
+    return model.n_layers
+
+
 def predict(row: dict, excess: float) -> dict:
     model = MODELS[row["model"]]
     cluster = Cluster(int(row["nodes"]), 8, CATALOG["H100-80GB"])
@@ -108,8 +124,10 @@ def predict(row: dict, excess: float) -> dict:
     training = Training(seq_len=4096, global_batch=int(row["gbs"]), sequence_parallel=True, grad_accum_dtype="fp32")
     # BF16_Optimizer shards master + moments over dp; nanotron's ZeRO-0 keeps them whole: dp = 1 for memory
     mem_layout = Layout(**{**layout.to_dict(), "dp": 1}) if zero == 0 else layout
-    # rank 0 (the only one nanotron's benchmark CSV reports) sits on the first pipeline stage
-    phases = [parts for name, parts in memory_phases(model, cluster, mem_layout, training)
+    # rank 0 (the only one nanotron's benchmark CSV reports) sits on the first pipeline stage, which holds
+    # first_stage_layers(): shardplan's stages take ceil(L'/pp) layers, so L' = that times pp
+    mem_model = replace(model, n_layers=first_stage_layers(model, layout.pp) * layout.pp) if layout.pp > 1 else model
+    phases = [parts for name, parts in memory_phases(mem_model, cluster, mem_layout, training)
               if name.startswith(("first/", "all/"))]
     params, grads, optim, acts, other = max(phases, key=sum)
     peak = params + grads + optim + acts + other
