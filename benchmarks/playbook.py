@@ -33,8 +33,9 @@ Reserved memory: the caching allocator keeps the blocks freed between micro-batc
 again; what it reserves on top of the allocated peak grows with the memory that comes and goes each step
 (activations, logits, buckets), not with the model states. The H200 calibration
 (../shared/calibration/h200_gpt2_probe_train.jsonl, DeepSpeed rows) measures that excess as a fraction of
-the transient memory (peak_allocated - mem_steady); its median is applied to the predicted
-activations + other bytes: reserved = peak + k * transient.
+the transient memory (peak_allocated - mem_steady); its median is the planner's ALLOCATOR_EXCESS
+(planner/memory.py, reserved_headroom_bytes), applied here to rank 0's activations + other bytes:
+reserved = peak + ALLOCATOR_EXCESS * transient.
 """
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ from pathlib import Path
 from shardplan.planner.cluster import CATALOG, Cluster
 from shardplan.planner.estimate import Training
 from shardplan.planner.layout import Layout
-from shardplan.planner.memory import memory_phases
+from shardplan.planner.memory import ALLOCATOR_EXCESS, memory_phases
 from shardplan.planner.model import ModelSpec
 from shardplan.planner.timing import estimate_time
 
@@ -69,8 +70,9 @@ MODELS = {   # nanotron scripts/scaling_benchmarks.py model_configs, NUM_KEY_VAL
 
 
 def allocator_excess_fraction(path: Path = CALIBRATION) -> float:
-    """Median over the calibration's DeepSpeed runs of (peak_reserved - peak_allocated) / (peak_allocated -
-    mem_steady): what the caching allocator reserves beyond the allocated peak, per byte of transient memory."""
+    """The planner's ALLOCATOR_EXCESS recomputed (printed as a check): the median over the calibration's
+    DeepSpeed runs of (peak_reserved - peak_allocated) / (peak_allocated - mem_steady), what the caching
+    allocator reserves beyond the allocated peak per byte of transient memory."""
     fr = []
     for line in path.open():
         r = json.loads(line)
@@ -114,7 +116,7 @@ def first_stage_layers(model: ModelSpec, pp: int) -> int:
     return model.n_layers
 
 
-def predict(row: dict, excess: float) -> dict:
+def predict(row: dict, excess: float = ALLOCATOR_EXCESS) -> dict:
     model = MODELS[row["model"]]
     cluster = Cluster(int(row["nodes"]), 8, CATALOG["H100-80GB"])
     dp, zero = int(row["dp"]), int(row["zero"])
@@ -202,8 +204,7 @@ def main() -> int:
         print(f"{CSV} not found (../shared next to the checkout)", file=sys.stderr)
         return 2
     rows = list(csv.DictReader(CSV.open()))
-    excess = allocator_excess_fraction()
-    points = [predict(r, excess) for r in rows]
+    points = [predict(r) for r in rows]
     if args.nanotron_csv:
         status = crash_status(args.nanotron_csv)
         for r, p in zip(rows, points):
@@ -220,7 +221,8 @@ def main() -> int:
               round(p["predicted_peak_gib"], 2), round(p["predicted_reserved_gib"], 2), p["measured_gib"],
               p["predicted_fits"], p["ran"],
               round(p["predicted_tok_s_gpu"]), p["measured_tok_s_gpu"]] for p in points]
-    OUT.write_text(json.dumps({"summary": summ, "allocator_excess_fraction": excess, "models": {k: m.to_dict() for k, m in MODELS.items()},
+    OUT.write_text(json.dumps({"summary": summ, "allocator_excess": ALLOCATOR_EXCESS,
+                               "models": {k: m.to_dict() for k, m in MODELS.items()},
                                "columns": columns, "points": table}) + "\n")
     if args.json:
         print(json.dumps(summ, indent=1))
@@ -234,8 +236,10 @@ def main() -> int:
         rho = f"{s['spearman_tok_s_gpu']:.2f}" if s["spearman_tok_s_gpu"] is not None else "-"
         print(f"{name:5} {s['runs']:>5} | {c['fit_ran']:>7} {c['fit_crashed']:>9} {c['oom_ran']:>7} "
               f"{c['oom_crashed']:>9} {c['accuracy']:>5.1%} | {mape:>8} {med:>7} {s['within_20pct']:>6} | {rho:>8}")
-    print(f"memory = predicted reserved (allocated peak of rank 0 + {excess:.2f} x its transient bytes) vs "
-          f"mem_gb; the allocated peak alone: median {summ['all']['allocated_peak_median_err_on_ran']:+.1%}")
+    check = f", calibration median {allocator_excess_fraction():.2f}" if CALIBRATION.is_file() else ""
+    print(f"memory = predicted reserved (allocated peak of rank 0 + {ALLOCATOR_EXCESS} x its activations + other"
+          f"{check}) vs mem_gb; the allocated peak alone: median "
+          f"{summ['all']['allocated_peak_median_err_on_ran']:+.1%}")
     oom = summ["all"]["confusion_oom_only"]
     if oom:
         print(f"crashes that were out of memory only ({oom['fit_crashed'] + oom['oom_crashed']} of "
