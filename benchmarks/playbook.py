@@ -8,14 +8,19 @@ Writes benchmarks/results/playbook.json.
 
     python benchmarks/playbook.py [--json] [--nanotron-csv bench_final2_mfu2.csv]
 
+--nanotron-csv (or a "status" column in the sweep CSV) separates the crashes nanotron logged as out of
+memory ("OOM") from the other failures ("Other": no memory figure, oom_error False), which no memory
+model can predict; the summary then adds confusion_oom_only.
+
 What mem_gb is (nanotron commit e24d2483, the playbook's sweep, Feb 2025): each run wrote one CSV row
 from world rank 0 (helpers.py create_table_log / log_throughput, at iteration 3 of NANOTRON_BENCHMARK=1)
 with "Mem Alloc (GB)" = torch.cuda.max_memory_allocated() / 1024**3 and "Mem Res (GB)" =
 max_memory_reserved() / 1024**3. The plot shows "Mem Res": every completed run's mem_gb equals the raw
-CSV's Mem Res to 0.05 (the raw bench_final2_mfu2.csv is public in the Rapid-LLM repositories). So mem_gb
+CSV's Mem Res to 0.05 (the raw benchmark/results/bench_final2_mfu2.csv that scaling_benchmarks.py reads
+is published in github.com/eyao600/Rapid-LLM, validation_scripts/huggingface_data/). So mem_gb
 is RESERVED memory, in GiB, of rank 0 = the FIRST pipeline stage, not the worst rank. (Mem Alloc is no
 use as a peak: trainer.py calls log_memory(), which resets the peak statistics, right after
-train_batch_iter, so it only sees the optimizer step; it does not move with the micro-batch.)
+train_batch_iter, so it sees the optimizer step: up to mbs 8 it barely moves with the micro-batch.)
 
 The models (scripts/scaling_benchmarks.py, which generated the sweep): NUM_KEY_VALUE_HEADS = None, so
 every model is multi-head (kv heads = heads); vocab 131072; tied embeddings when intermediate < 10,000.
@@ -27,7 +32,11 @@ accumulate_grad_in_fp32 True for every run, no recompute, flash-attn, 1F1B.
 How nanotron maps onto shardplan's DeepSpeed model: its FP32GradientAccumulator keeps a full fp32
 gradient buffer and fp32 master weights (optim/gradient_accumulator.py); ZeRO-1 shards master + Adam
 moments over dp, ZeRO-0 does not. That is DeepSpeed's BF16_Optimizer with grad_accum_dtype fp32, with
-dp = 1 for ZeRO-0's optimizer (memory only; time uses the real dp).
+dp = 1 for ZeRO-0's optimizer (memory only; time uses the real dp). Mem Alloc at mbs 1 checks the
+states: 18 B/param for ZeRO-0 at dp 1, +2 (bf16 grads) at dp > 1; ZeRO-1 2+2+4 + 12/dp plus the step's
+all_gather_coalesced flat buffers (2 + 2/dp), all within 2% (median). shardplan's backward phases hold the
+same; its step phase differs (BF16_Optimizer's foreach sqrt instead of the gather) but is rarely the peak.
+Rank 0 holds nanotron's first stage, which is deeper than ceil(L/pp): see first_stage_layers().
 
 Reserved memory: the caching allocator keeps the blocks freed between micro-batches and splits them
 again; what it reserves on top of the allocated peak grows with the memory that comes and goes each step
@@ -35,7 +44,8 @@ again; what it reserves on top of the allocated peak grows with the memory that 
 (../shared/calibration/h200_gpt2_probe_train.jsonl, DeepSpeed rows) measures that excess as a fraction of
 the transient memory (peak_allocated - mem_steady); its median is the planner's ALLOCATOR_EXCESS
 (planner/memory.py, reserved_headroom_bytes), applied here to rank 0's activations + other bytes:
-reserved = peak + ALLOCATOR_EXCESS * transient.
+reserved = peak + ALLOCATOR_EXCESS * transient. At pp = 1 the sweep implies the same 0.38 (median of
+(mem_gb - predicted peak) / transient); at pp > 1 only 0.2-0.28, hence the over-prediction there.
 """
 from __future__ import annotations
 
@@ -205,12 +215,11 @@ def main() -> int:
         return 2
     rows = list(csv.DictReader(CSV.open()))
     points = [predict(r) for r in rows]
-    if args.nanotron_csv:
-        status = crash_status(args.nanotron_csv)
-        for r, p in zip(rows, points):
-            if not p["ran"]:
-                key = (r["model"], *(int(r[k]) for k in ("dp", "tp", "pp", "zero", "mbs", "gas")))
-                p["status"] = status.get(key, "OOM")
+    status = crash_status(args.nanotron_csv) if args.nanotron_csv else {}
+    for r, p in zip(rows, points):
+        if not p["ran"] and (status or r.get("status")):   # a status column in the sweep CSV works too
+            key = (r["model"], *(int(r[k]) for k in ("dp", "tp", "pp", "zero", "mbs", "gas")))
+            p["status"] = status.get(key) or r.get("status") or "OOM"
     summ = summarize(points)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     columns = ["model", "nodes", "dp", "tp", "pp", "zero", "mbs", "gas", "predicted_peak_gib",
