@@ -52,9 +52,10 @@ def build_pipeline_engine(pp: int, dp: int, zero: int, micro_batch: int, grad_ac
     from shardplan.launch.train.config import RunConfig
     from shardplan.launch.train.model import GPTConfig
     from shardplan.launch.train.pipe import build_pipeline
+    from shardplan.planner.layout import Layout
     cfg = ds_config(zero, micro_batch, dp, 1, grad_accum)
-    run = RunConfig(run_dir=ROOT, model=GPTConfig(**SHAPE, checkpointing=ckpt), model_dict={}, dp=dp, tp=1, pp=pp,
-                    zero_stage=zero, micro_batch=micro_batch, grad_accum=grad_accum, checkpointing=ckpt,
+    layout = Layout(dp=dp, pp=pp, zero_stage=zero, micro_batch=micro_batch, grad_accum=grad_accum, checkpointing=ckpt)
+    run = RunConfig(run_dir=ROOT, model=GPTConfig(**SHAPE, checkpointing=ckpt), model_dict={}, layout=layout,
                     seq_len=SHAPE["max_seq_len"], precision="bf16", ds_config=cfg)
     module = build_pipeline(run, 0, None)
     engine, *_ = deepspeed.initialize(model=module, model_parameters=module.parameters(), config=run.engine_config())

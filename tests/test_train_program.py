@@ -4,6 +4,7 @@ import json
 import pytest
 
 from shardplan.launch.train.config import RunConfigError, load_run_config
+from shardplan.planner.layout import Layout
 from train_helpers import TINY_MODEL, losses, make_run_dir, summary, train_single
 
 
@@ -42,6 +43,20 @@ def test_world_size_model_and_files_are_checked(tmp_path):
     assert cfg.engine_config()["tensor_parallel"]["partition_config"]["layer_specs"]
     cfg3d = load_run_config(make_run_dir(tmp_path / "d", tp=2, pp=2, micro=1, accum=2, prepared_data=False), 4)
     assert "tensor_parallel" not in cfg3d.engine_config()   # 3D: Megatron layers, not AutoTP
+    assert cfg3d.layout == Layout(dp=1, tp=2, pp=2, micro_batch=1, grad_accum=2) and cfg3d.method == "pipeline"
+
+
+def test_invalid_layout_is_refused_with_the_planners_reason(tmp_path):
+    """plan.json's layout goes through the planner's Layout: its rules (and messages) apply to the program."""
+    run_dir = make_run_dir(tmp_path / "zero2-pp2", pp=2, zero=2, micro=1, accum=2, prepared_data=False)
+    with pytest.raises(RunConfigError, match=r"plan.json: best.layout is not a valid layout: zero_stage\(2\) "
+                                             r"with pp\(2\): .* use --zero 1 or --pp 1; re-plan"):
+        load_run_config(run_dir, 2)
+    plan = json.loads((run_dir / "plan.json").read_text())
+    del plan["best"]["layout"]["dp"]
+    (run_dir / "plan.json").write_text(json.dumps(plan))
+    with pytest.raises(RunConfigError, match=r"best.layout is not a valid layout: .*'dp'"):
+        load_run_config(run_dir, 2)
 
 
 # ---- the program end to end (one process each) ---------------------------------------------------

@@ -9,6 +9,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from shardplan.planner.layout import Layout
 from .spec import GPTConfig, autotp_partition_config
 
 
@@ -21,40 +22,28 @@ class RunConfig:
     run_dir: Path
     model: GPTConfig
     model_dict: dict            # plan.json best.model (ModelSpec.to_dict), for FLOPs and checkpoint metadata
-    dp: int
-    tp: int
-    pp: int
-    zero_stage: int
-    micro_batch: int
-    grad_accum: int
-    checkpointing: str
+    layout: Layout              # plan.json best.layout: the planner's own type, so its validation applies here too
     seq_len: int
     precision: str
     ds_config: dict             # what is handed to deepspeed.initialize (see engine_config)
 
     @property
-    def world_size(self) -> int:
-        return self.dp * self.tp * self.pp
-
-    @property
-    def global_batch(self) -> int:
-        return self.micro_batch * self.grad_accum * self.dp
-
-    @property
     def method(self) -> str:
         """How the model is split: 'engine' (ZeRO / AutoTP on a plain module) or 'pipeline' (PipelineModule)."""
-        return "pipeline" if self.pp > 1 else "engine"
+        return "pipeline" if self.layout.pp > 1 else "engine"
 
     def layout_dict(self) -> dict:
-        return {"dp": self.dp, "tp": self.tp, "pp": self.pp, "zero_stage": self.zero_stage,
-                "micro_batch": self.micro_batch, "grad_accum": self.grad_accum, "seq_len": self.seq_len}
+        """The facts a checkpoint must share with the run resuming it (same keys as before: old checkpoints match)."""
+        lay = self.layout
+        return {"dp": lay.dp, "tp": lay.tp, "pp": lay.pp, "zero_stage": int(lay.zero_stage),
+                "micro_batch": lay.micro_batch, "grad_accum": lay.grad_accum, "seq_len": self.seq_len}
 
     def engine_config(self) -> dict:
         """ds_config for deepspeed.initialize: AutoTP only without a pipeline (3D uses Megatron layers)."""
         cfg = copy.deepcopy(self.ds_config)
-        if self.pp > 1:
+        if self.layout.pp > 1:
             cfg.pop("tensor_parallel", None)
-        elif self.tp > 1:
+        elif self.layout.tp > 1:
             tp_section = cfg.setdefault("tensor_parallel", {})
             tp_section.setdefault("partition_config", autotp_partition_config())
         return cfg
@@ -77,56 +66,56 @@ def _disagree(name: str, ds_value, plan_value, fix: str = "re-render the run dir
 
 def load_run_config(run_dir: Path, world_size: int) -> RunConfig:
     run_dir = Path(run_dir)
-    plan = _read_json(run_dir / "plan.json", "plan")
+    plan_path = run_dir / "plan.json"
+    plan = _read_json(plan_path, "plan")
     ds = _read_json(run_dir / "ds_config.json", "DeepSpeed config")
     try:
         best = plan["best"]
-        model_dict, layout, training = best["model"], best["layout"], best["training"]
+        model_dict, layout_dict, training = best["model"], best["layout"], best["training"]
     except (KeyError, TypeError):
-        raise RunConfigError(f"{run_dir / 'plan.json'}: needs best.model, best.layout and best.training "
+        raise RunConfigError(f"{plan_path}: needs best.model, best.layout and best.training "
                              "(written by shardplan render)") from None
-    checkpointing = layout.get("checkpointing", "none")
-    model = GPTConfig.from_model_dict(model_dict, checkpointing)
-    run = RunConfig(run_dir=run_dir, model=model, model_dict=model_dict, dp=layout["dp"], tp=layout.get("tp", 1),
-                    pp=layout.get("pp", 1), zero_stage=int(layout.get("zero_stage", 0)),
-                    micro_batch=layout["micro_batch"], grad_accum=layout.get("grad_accum", 1),
-                    checkpointing=checkpointing, seq_len=training["seq_len"],
-                    precision=training.get("precision", "fp32"), ds_config=ds)
+    try:
+        layout = Layout.from_dict(layout_dict)
+    except (ValueError, TypeError) as e:   # TypeError: a required key (dp) missing, or not a mapping at all
+        raise RunConfigError(f"{plan_path}: best.layout is not a valid layout: {e}; re-plan and re-render "
+                             "the run directory") from None
+    model = GPTConfig.from_model_dict(model_dict, layout.checkpointing)
+    run = RunConfig(run_dir=run_dir, model=model, model_dict=model_dict, layout=layout,
+                    seq_len=training["seq_len"], precision=training.get("precision", "fp32"), ds_config=ds)
     _check(run, ds, world_size, training)
     return run
 
 
 def _check(run: RunConfig, ds: dict, world_size: int, training: dict) -> None:
-    m = run.model
+    """What Layout cannot know by itself: the model's shape, the process count and ds_config.json."""
+    m, lay = run.model, run.layout
     if run.seq_len > m.max_seq_len:
         raise RunConfigError(f"plan seq_len ({run.seq_len}) exceeds the model's max_seq_len ({m.max_seq_len}); "
                              "plan a shorter --seq-len")
-    if world_size != run.world_size:
+    if world_size != lay.world_size:
         raise RunConfigError(f"launched with {world_size} processes but the plan's layout needs dp*tp*pp = "
-                             f"{run.dp}*{run.tp}*{run.pp} = {run.world_size}; launch with the run dir's launch.sh "
+                             f"{lay.dp}*{lay.tp}*{lay.pp} = {lay.world_size}; launch with the run dir's launch.sh "
                              "or re-plan for this world size")
-    if m.n_heads % run.tp or m.ffn_hidden % run.tp:
-        raise RunConfigError(f"tp ({run.tp}) must divide n_heads ({m.n_heads}) and ffn_hidden ({m.ffn_hidden})")
-    if m.n_layers % run.pp:
-        raise RunConfigError(f"pp ({run.pp}) must divide n_layers ({m.n_layers}) so every stage holds "
+    if m.n_heads % lay.tp or m.ffn_hidden % lay.tp:
+        raise RunConfigError(f"tp ({lay.tp}) must divide n_heads ({m.n_heads}) and ffn_hidden ({m.ffn_hidden})")
+    if m.n_layers % lay.pp:
+        raise RunConfigError(f"pp ({lay.pp}) must divide n_layers ({m.n_layers}) so every stage holds "
                              "the same number of blocks")
-    if run.pp > 1 and run.zero_stage > 1:
-        raise RunConfigError(f"zero_stage ({run.zero_stage}) with pp ({run.pp}): DeepSpeed's pipeline engine "
-                             "supports ZeRO 0 or 1; re-plan with --zero 1")
-    _disagree("train_micro_batch_size_per_gpu", ds.get("train_micro_batch_size_per_gpu", run.micro_batch),
-              run.micro_batch)
-    _disagree("gradient_accumulation_steps", ds.get("gradient_accumulation_steps", run.grad_accum), run.grad_accum)
-    _disagree("train_batch_size", ds.get("train_batch_size", run.global_batch), run.global_batch)
-    if training.get("global_batch") not in (None, 0, run.global_batch):
+    _disagree("train_micro_batch_size_per_gpu", ds.get("train_micro_batch_size_per_gpu", lay.micro_batch),
+              lay.micro_batch)
+    _disagree("gradient_accumulation_steps", ds.get("gradient_accumulation_steps", lay.grad_accum), lay.grad_accum)
+    _disagree("train_batch_size", ds.get("train_batch_size", lay.global_batch), lay.global_batch)
+    if training.get("global_batch") not in (None, 0, lay.global_batch):
         raise RunConfigError(f"plan.json training.global_batch ({training['global_batch']}) is not "
-                             f"micro*accum*dp ({run.global_batch}); re-plan")
-    _disagree("zero_optimization.stage", int(ds.get("zero_optimization", {}).get("stage", 0)), run.zero_stage)
+                             f"micro*accum*dp ({lay.global_batch}); re-plan")
+    _disagree("zero_optimization.stage", int(ds.get("zero_optimization", {}).get("stage", 0)), int(lay.zero_stage))
     autotp = int(ds.get("tensor_parallel", {}).get("autotp_size", 1) or 1)
-    if run.pp == 1 or autotp != 1:
-        _disagree("tensor_parallel.autotp_size", autotp, run.tp)
+    if lay.pp == 1 or autotp != 1:
+        _disagree("tensor_parallel.autotp_size", autotp, lay.tp)
     stages = ds.get("pipeline", {}).get("stages", "auto")
     if isinstance(stages, int):
-        _disagree("pipeline.stages", stages, run.pp)
+        _disagree("pipeline.stages", stages, lay.pp)
     precision = "bf16" if ds.get("bf16", {}).get("enabled") else "fp16" if ds.get("fp16", {}).get("enabled") \
         else "fp32"
     _disagree("precision (bf16/fp16 enabled)", precision, run.precision)

@@ -58,19 +58,20 @@ def run(opts: Options) -> dict | None:
     rank = int(os.environ.get("RANK", "0"))
     try:   # everything checkable from files, before any process group, engine or save
         run_cfg = load_run_config(opts.run_dir, world_size)
+        layout = run_cfg.layout
         ckpt_dir = ckpt.checkpoint_dir(opts.run_dir)
         resume_tag = ckpt.check_start(ckpt_dir, opts.resume, opts.overwrite_checkpoints)
-        if run_cfg.tp > 1 and run_cfg.pp > 1:
+        if layout.tp > 1 and layout.pp > 1:
             try:
                 import megatron.core  # noqa: F401
             except ImportError:
-                raise UserError(f"tp ({run_cfg.tp}) × pp ({run_cfg.pp}) uses Megatron-core tensor-parallel layers: "
+                raise UserError(f"tp ({layout.tp}) × pp ({layout.pp}) uses Megatron-core tensor-parallel layers: "
                                 "pip install 'shardplan[megatron]' (or re-plan with --tp 1 or --pp 1)") from None
         if opts.steps < 1:
             raise UserError(f"--steps ({opts.steps}) must be at least 1")
         init_state = None
         if opts.init_from:
-            if run_cfg.tp > 1 and run_cfg.pp > 1:
+            if layout.tp > 1 and layout.pp > 1:
                 raise UserError("--init-from with tp > 1 and pp > 1 is not supported; fine-tune with tp 1 or pp 1")
             from .model import check_hf_shape, load_hf_state_dict, read_hf_config
             check_hf_shape(run_cfg.model, read_hf_config(Path(opts.init_from)), Path(opts.init_from))
@@ -92,8 +93,8 @@ def run(opts: Options) -> dict | None:
                 "data": {**data_facts, "seed": opts.seed}}
     if resume_tag:
         ckpt.check_compatible(ckpt.read_metadata(ckpt_dir, resume_tag), metadata, ckpt_dir, resume_tag)
-    sampler = Sampler(n_tokens=len(tokens), seq_len=run_cfg.seq_len, micro_batch=run_cfg.micro_batch,
-                      grad_accum=run_cfg.grad_accum, dp=run_cfg.dp, seed=opts.seed)
+    sampler = Sampler(n_tokens=len(tokens), seq_len=run_cfg.seq_len, micro_batch=layout.micro_batch,
+                      grad_accum=layout.grad_accum, dp=layout.dp, seed=opts.seed)
 
     trainer = build_trainer(run_cfg, opts.seed, init_state)
     scheduler = trainer.engine.lr_scheduler
@@ -106,7 +107,7 @@ def run(opts: Options) -> dict | None:
     flops_per_token = run_cfg.model_dict.get("params") or sum(p.numel() for p in trainer.engine.module.parameters())
     flops_per_token = 6 * flops_per_token + 12 * run_cfg.model.n_layers * run_cfg.model.hidden * run_cfg.seq_len
     metrics = Metrics(opts.run_dir / "metrics.jsonl", rank, world_size, flops_per_token, run_cfg.precision,
-                      run_cfg.global_batch * run_cfg.seq_len, opts.steps, append=bool(resume_tag))
+                      layout.global_batch * run_cfg.seq_len, opts.steps, append=bool(resume_tag))
     saved_at = start
     for step in range(start, opts.steps):
         lr = trainer.engine.optimizer.param_groups[0]["lr"]   # the rate this step's update uses

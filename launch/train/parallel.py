@@ -42,20 +42,21 @@ class Trainer:
     def train_step(self, step: int, tokens: np.ndarray, sampler: Sampler) -> float:
         """One optimizer step over grad_accum micro-batches; returns the global mean loss (same on every rank)."""
         if self.pipeline:
-            batches = iter([sampler.batch(tokens, step, m, self.dp_rank) for m in range(self.run.grad_accum)])
+            accum = self.run.layout.grad_accum
+            batches = iter([sampler.batch(tokens, step, m, self.dp_rank) for m in range(accum)])
             return float(self.engine.train_batch(data_iter=batches))
         device = self.engine.device
         total = torch.zeros((), device=device)   # summed on the device: one host sync per step, not per micro-batch
-        for micro_step in range(self.run.grad_accum):
+        for micro_step in range(self.run.layout.grad_accum):
             x, y = sampler.batch(tokens, step, micro_step, self.dp_rank)
             loss = self.engine(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
             self.engine.backward(loss)
             self.engine.step()
             total += loss.detach().float()
-        if self.run.dp > 1:   # every micro-batch holds the same number of tokens: mean of means is the mean
+        if self.run.layout.dp > 1:   # every micro-batch holds the same number of tokens: mean of means is mean
             import deepspeed.comm as dist
             dist.all_reduce(total, group=self.dp_group)
-        return total.item() / (self.run.grad_accum * self.run.dp)
+        return total.item() / (self.run.layout.grad_accum * self.run.layout.dp)
 
     def rank_facts(self) -> dict:
         """What this rank holds: parameters (ZeRO-3 shard size when partitioned), blocks, tp-sharded weights."""
@@ -76,13 +77,13 @@ def build_trainer(run: RunConfig, seed: int, init_state: dict | None) -> Trainer
     from deepspeed.utils import groups
 
     config = run.engine_config()
-    if run.pp > 1:
+    if run.layout.pp > 1:
         from .pipe import build_pipeline
         module = build_pipeline(run, seed, init_state)
         engine, _, _, _ = deepspeed.initialize(model=module, model_parameters=module.parameters(), config=config)
         grid = engine.grid
         tp_rank = 0
-        if run.tp > 1:
+        if run.layout.tp > 1:
             from megatron.core import parallel_state
             tp_rank = parallel_state.get_tensor_model_parallel_rank()
             coords = (parallel_state.get_pipeline_model_parallel_rank(), parallel_state.get_data_parallel_rank(), tp_rank)
@@ -94,14 +95,14 @@ def build_trainer(run: RunConfig, seed: int, init_state: dict | None) -> Trainer
     if init_state is not None:
         model.load_state_dict(init_state, strict=True)
     mpu = None
-    if run.tp > 1:
+    if run.layout.tp > 1:
         # AutoTP's groups, created before initialize and passed as mpu, so DeepSpeed counts train_batch_size
         # over the data-parallel ranks (world / tp) instead of the whole world.
-        groups._init_tp_mesh_device(tensor_model_parallel_size=run.tp)
+        groups._init_tp_mesh_device(tensor_model_parallel_size=run.layout.tp)
         mpu = groups
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config, mpu=mpu)
-    tp_rank = groups.get_tensor_model_parallel_rank() if run.tp > 1 else 0
+    tp_rank = groups.get_tensor_model_parallel_rank() if run.layout.tp > 1 else 0
     dp_group = groups._get_data_parallel_group()
     import deepspeed.comm as dist
-    dp_rank = dist.get_rank(group=dp_group) if run.dp > 1 else 0
+    dp_rank = dist.get_rank(group=dp_group) if run.layout.dp > 1 else 0
     return Trainer(engine, run, False, dp_rank, tp_rank, 0, dp_group)

@@ -113,25 +113,25 @@ def build_pipeline(run: RunConfig, seed: int, init_state: dict | None):
     from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
     from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
 
-    if run.tp > 1:
+    if run.layout.tp > 1:
         from megatron.core import parallel_state
         if not parallel_state.model_parallel_is_initialized():
-            parallel_state.initialize_model_parallel(run.tp, run.pp, create_gloo_process_groups=False)
+            parallel_state.initialize_model_parallel(run.layout.tp, run.layout.pp, create_gloo_process_groups=False)
     cfg = run.model
     specs = [TiedLayerSpec("wte", TokenEmbedding, cfg, seed, tied_weight_attr="weight"),
              LayerSpec(PositionEmbedding, cfg, seed)]
-    specs += [LayerSpec(PipeBlock, cfg, seed, i, run.tp) for i in range(cfg.n_layers)]
+    specs += [LayerSpec(PipeBlock, cfg, seed, i, run.layout.tp) for i in range(cfg.n_layers)]
     specs += [LayerSpec(FinalNorm, cfg.hidden),
               TiedLayerSpec("wte", TokenEmbedding, cfg, seed, forward_fn=_lm_head, tied_weight_attr="weight")]
-    topology = PipeModelDataParallelTopology(num_pp=run.pp, num_mp=run.tp, num_dp=run.dp)
-    recompute = run.checkpointing == "full"
+    topology = PipeModelDataParallelTopology(num_pp=run.layout.pp, num_mp=run.layout.tp, num_dp=run.layout.dp)
+    recompute = run.layout.checkpointing == "full"
     module = PipelineModule(layers=specs, topology=topology, loss_fn=lambda logits, y: lm_loss(logits, y),
                             partition_method="type:PipeBlock", activation_checkpoint_interval=1 if recompute else 0,
                             activation_checkpoint_func=functools.partial(checkpoint, use_reentrant=False))
     if init_state is not None:
         load_full_state_into_pipeline(module, init_state, run)
     tp_rank = 0
-    if run.tp > 1:
+    if run.layout.tp > 1:
         from megatron.core import parallel_state
         tp_rank = parallel_state.get_tensor_model_parallel_rank()
     _count_each_stage_once_in_grad_norm(module, tp_rank)
