@@ -102,26 +102,31 @@ def kill_rank_at_step(run_dir: Path, rank: int, step: int, proc: subprocess.Pope
 
 
 def check_resumed_curve(run_dir: Path, total_steps: int) -> dict:
-    """The killed run and its resumption form one run: no step lost, none repeated past the checkpoint,
-    and the steps both computed (after the checkpoint, before the kill) have the same loss.
-
-    metrics.jsonl holds the killed run's steps 1..k, then the resumed run's c+1..total (c = the checkpoint
-    it resumed from, in its summary); steps c+1..k appear twice, from the two runs."""
+    """The killed run and its resumption form one timeline: every step 1..total exactly once (none lost,
+    none repeated), a resume event right after the checkpoint's step, and the steps the killed run had
+    computed past the checkpoint (cut from the file, their losses kept in the event) recomputed with the
+    same loss."""
     rows = metrics(run_dir)
     summary = rows[-1]
     assert summary.get("event") == "summary", summary
     resumed_from = summary["resumed_from"]
-    steps = [r for r in rows if "step" in r]
-    cut = len(steps) - (total_steps - resumed_from)
-    first, second = steps[:cut], steps[cut:]
     assert resumed_from >= 2, f"no checkpoint before the kill: resumed_from={resumed_from}"
-    assert [r["step"] for r in first] == list(range(1, len(first) + 1)) and len(first) >= resumed_from, first
-    assert [r["step"] for r in second] == list(range(resumed_from + 1, total_steps + 1)), (resumed_from, second)
-    loss1 = {r["step"]: r["loss"] for r in first}
-    for row in second:
-        if row["step"] in loss1:  # recomputed from the checkpoint: the identical curve
-            assert abs(row["loss"] - loss1[row["step"]]) <= 1e-4 * abs(loss1[row["step"]]), (row, loss1)
-    return {"resumed_from": resumed_from, "killed_after": len(first), "summary": summary}
+    steps = [r["step"] for r in rows if "step" in r]
+    assert steps == list(range(1, total_steps + 1)), steps
+    resumes = [i for i, r in enumerate(rows) if r.get("event") == "resume"]
+    assert len(resumes) == 1, [rows[i] for i in resumes]
+    at = resumes[0]
+    event = rows[at]
+    assert event["from_step"] == resumed_from, event
+    around = rows[at - 1:at + 2]
+    assert around[0].get("step") == resumed_from and around[2].get("step") == resumed_from + 1, around
+    discarded = event["discarded_steps"]
+    killed_after = resumed_from + len(discarded)
+    assert [d["step"] for d in discarded] == list(range(resumed_from + 1, killed_after + 1)), event
+    loss = {r["step"]: r["loss"] for r in rows if "step" in r}
+    for first in discarded:   # recomputed from the checkpoint: the identical curve
+        assert abs(first["loss"] - loss[first["step"]]) <= 1e-4 * abs(first["loss"]), (first, loss[first["step"]])
+    return {"resumed_from": resumed_from, "killed_after": killed_after, "summary": summary}
 
 
 def no_training_left(run_dir: Path) -> bool:

@@ -111,16 +111,23 @@ def test_checkpoints_metrics_and_refusals(tmp_path):
                    "layout.micro_batch: checkpoint 4 vs this run 2", "layout.grad_accum: checkpoint 1 vs this run 2")
     assert {p: p.stat().st_mtime_ns for p in ckpts.rglob("*")} == before
 
-    # A crash in the middle of saving step 4 leaves a partial tag and the pointer on step 2: resume from there.
+    # A crash in the middle of saving step 4 (after logging steps 3 and 4) leaves a partial tag and the
+    # pointer on step 2: resume from there, and cut the crashed run's steps 3-4 from metrics.jsonl.
     make_run_dir(run_dir, micro=4)
     (ckpts / "step_4").mkdir()
     (ckpts / "step_4" / "mp_rank_00_model_states.pt").write_bytes(b"truncated")
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 3, "loss": 99.0}) + "\n" + json.dumps({"step": 4, "loss": 98.0}) + "\n")
     result = train_single(run_dir, "--steps", "4", "--resume")
     assert result.returncode == 0, result.stderr[-3000:]
     assert summary(run_dir)["resumed_from"] == 2 and (ckpts / "latest").read_text() == "step_4"
     straight = make_run_dir(tmp_path / "straight", micro=4)
     assert train_single(straight, "--steps", "4").returncode == 0
-    assert losses(run_dir) == losses(straight)
+    assert losses(run_dir) == losses(straight)      # steps 1-4, each once
+    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r.get("step", r.get("event")) for r in rows] == [1, 2, "summary", "resume", 3, 4, "summary"]
+    assert rows[3] == {**rows[3], "from_step": 2, "checkpoint": "step_2",
+                       "discarded_steps": [{"step": 3, "loss": 99.0}, {"step": 4, "loss": 98.0}]}
 
 
 def test_init_from_hugging_face_weights(tmp_path):

@@ -107,7 +107,8 @@ def run(opts: Options) -> dict | None:
     flops_per_token = run_cfg.model_dict.get("params") or sum(p.numel() for p in trainer.engine.module.parameters())
     flops_per_token = 6 * flops_per_token + 12 * run_cfg.model.n_layers * run_cfg.model.hidden * run_cfg.seq_len
     metrics = Metrics(opts.run_dir / "metrics.jsonl", rank, world_size, flops_per_token, run_cfg.precision,
-                      layout.global_batch * run_cfg.seq_len, opts.steps, append=bool(resume_tag))
+                      layout.global_batch * run_cfg.seq_len, opts.steps,
+                      resumed_from=start if resume_tag else None, checkpoint=resume_tag)
     saved_at = start
     for step in range(start, opts.steps):
         lr = trainer.engine.optimizer.param_groups[0]["lr"]   # the rate this step's update uses

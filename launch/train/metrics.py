@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import time
@@ -49,15 +50,57 @@ def gather_peak_memory() -> list[int]:
     return [int(t.item()) for t in out]
 
 
+def truncate_to_step(path: Path, step: int) -> list[dict]:
+    """Cut metrics.jsonl back to `step`, where a resumed run starts: keep every line before the first step
+    record past it (or before a line torn by the kill), drop the rest, and return the dropped step records.
+
+    Without this a killed run's steps after its checkpoint would appear twice, once from each run. Atomic
+    (temp file, then os.replace): a crash here leaves the old file or the new one, never part of one."""
+    if not path.exists():
+        return []
+    kept: list[str] = []
+    dropped: list[dict] = []
+    cut = False
+    for line in path.read_text().splitlines(keepends=True):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if not cut and (not isinstance(row, dict) or not line.endswith("\n") or row.get("step", 0) > step):
+            cut = True
+        if not cut:
+            kept.append(line)
+        elif isinstance(row, dict) and "step" in row:
+            dropped.append(row)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
+    return dropped
+
+
 class Metrics:
-    """Rank 0 writes; other ranks only take part in the memory gather."""
+    """Rank 0 writes; other ranks only take part in the memory gather.
+
+    A resumed run (resumed_from = the checkpoint's step) first cuts the file back to that step, then
+    records the restart as {"event": "resume", ...}: the file stays one timeline, each step once."""
 
     def __init__(self, path: Path, rank: int, world_size: int, flops_per_token: int, precision: str,
-                 tokens_per_step: int, total_steps: int, append: bool):
+                 tokens_per_step: int, total_steps: int, resumed_from: int | None = None,
+                 checkpoint: str | None = None):
         self.rank, self.world_size = rank, world_size
         self.flops_per_token, self.tokens_per_step, self.total_steps = flops_per_token, tokens_per_step, total_steps
         self.peak, self.peak_source = peak_flops(precision)
-        self.file = open(path, "a" if append else "w") if rank == 0 else None
+        self.file = None
+        if rank == 0:
+            dropped = truncate_to_step(path, resumed_from) if resumed_from is not None else []
+            self.file = open(path, "a" if resumed_from is not None else "w")
+            if resumed_from is not None:
+                # The dropped steps are recomputed from the checkpoint; their first losses stay on record.
+                event = {"event": "resume", "from_step": resumed_from, "checkpoint": checkpoint,
+                         "discarded_steps": [{"step": r["step"], "loss": r.get("loss")} for r in dropped],
+                         "world_size": world_size, "time": time.time()}
+                self.file.write(json.dumps(event) + "\n")
+                self.file.flush()
         self.tty = sys.stdout.isatty()
         self.records: list[dict] = []
         self.started = time.time()
