@@ -22,15 +22,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    # Subcommand modules register themselves on `main`; each owns its own commands.
-    import importlib
-
-    for module in ("cli_plan", "cli_render", "cli_validate", "cli_launch"):
-        try:
-            importlib.import_module(f"shardplan.launch.{module}")
-        except ModuleNotFoundError as e:
-            if e.name != f"shardplan.launch.{module}":
-                raise
+    # Each subcommand module registers its commands on `main` when imported; their heavy imports stay
+    # inside the command functions.
+    from shardplan.launch import cli_launch, cli_plan, cli_render, cli_validate  # noqa: F401
 
 
 _register()
