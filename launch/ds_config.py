@@ -85,7 +85,7 @@ class DsConfigContext:
 def ds_config_context(est: Estimate, schedule: Schedule) -> DsConfigContext:
     layout, model = est.layout, est.model
     zero = int(layout.zero_stage)
-    cpu = est.cluster.gpu.name.upper() == "CPU"
+    cpu = est.cluster.gpu.is_cpu
     # The same bucket sizes the memory model counts (planner/ds_knobs.py is their one source).
     knobs = zero_knobs(model.hidden, zero, "shardplan", on_gpu=not cpu)
     return DsConfigContext(

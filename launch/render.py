@@ -84,13 +84,9 @@ def _run_spec(est: Estimate, opts: RenderOptions, run_dir: Path) -> RunSpec:
     try:
         return RunSpec(run_dir=str(run_dir), nodes=cluster.nodes, procs_per_node=cluster.gpus_per_node, hosts=hosts,
                        master_addr=hosts[0] if hosts else "127.0.0.1", master_port=opts.master_port,
-                       cpu=_is_cpu(est), python=opts.python, train_args=train_args)
+                       cpu=est.cluster.gpu.is_cpu, python=opts.python, train_args=train_args)
     except ValueError as e:
         raise RenderError(str(e)) from None
-
-
-def _is_cpu(est: Estimate) -> bool:
-    return est.cluster.gpu.name.upper() == "CPU"
 
 
 def _environment():
@@ -133,7 +129,7 @@ def render_files(plan: dict, est: Estimate, opts: RenderOptions, run_dir: Path) 
     ds_ctx = ds_config_context(est, opts.schedule)
     ds_text = env.get_template("ds_config.json.j2").render(c=ds_ctx)
     ds_config = _parse_and_validate(ds_text, est, ds_ctx)
-    cpu = _is_cpu(est)
+    cpu = est.cluster.gpu.is_cpu
     # Several nodes without known hosts: launch_torchrun.sh takes MASTER_ADDR (and NODE_RANK) from the shell.
     torchrun_addr = ShellVar("MASTER_ADDR") if run.nodes > 1 and not run.hosts else run.master_addr
     gpus_per_node = est.cluster.gpus_per_node

@@ -32,6 +32,11 @@ class GPUType:
         if not 0 < self.matmul_efficiency <= 1:
             raise ValueError(f"GPU {self.name}: matmul_efficiency({self.matmul_efficiency!r}) must be in (0, 1]")
 
+    @property
+    def is_cpu(self) -> bool:
+        """The CPU stand-in (gloo, no CUDA): no CUDA workspaces, DeepSpeed's CPU defaults, tiny batches."""
+        return self.name.upper() == "CPU"
+
     def peak_tflops(self, precision: str) -> float:
         return {"bf16": self.bf16_tflops, "fp16": self.fp16_tflops, "fp32": self.fp32_tflops}[precision]
 

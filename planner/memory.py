@@ -33,9 +33,9 @@ def cuda_runtime_bytes(gpu: GPUType) -> int:
     """Allocations every CUDA step makes inside the caching allocator: the cuBLAS and cuBLASLt workspaces
     (torch's default 32 MiB each on Hopper/Blackwell, ~8 MiB on older cards) and ~1 MiB of small tensors.
     The calibration shows 65 MiB appear on the first step on an H200."""
-    name = gpu.name.upper()
-    if name == "CPU":
+    if gpu.is_cpu:
         return 0
+    name = gpu.name.upper()
     hopper = name.startswith(("H", "B", "GH", "GB"))
     return (64 if hopper else 16) * MiB + MiB
 
@@ -88,7 +88,7 @@ def memory_phases(model: ModelSpec, cluster: Cluster, layout: Layout,
     """Every phase of every stage that can be the worst, named "stage/phase"."""
     runtime = cuda_runtime_bytes(cluster.gpu)
     z = int(layout.zero_stage)
-    knobs = zero_knobs(model.hidden, z, training.zero_buckets, cluster.gpu.name.upper() != "CPU")
+    knobs = zero_knobs(model.hidden, z, training.zero_buckets, not cluster.gpu.is_cpu)
     out = []
     for first in ((True, False) if layout.pp > 1 else (True,)):
         shape = stage_shape(model, layout.tp, layout.pp, first, training.sequence_parallel)
@@ -96,7 +96,7 @@ def memory_phases(model: ModelSpec, cluster: Cluster, layout: Layout,
             st = torch_states(model, shape)
         else:
             st = deepspeed_states(model, shape, layout.dp, z, layout.offload, training.precision, layout.pp, knobs,
-                                  training.grad_accum_dtype == "fp32", cluster.gpu.name.upper() != "CPU")
+                                  training.grad_accum_dtype == "fp32", not cluster.gpu.is_cpu)
         name = "first" if first and layout.pp > 1 else ("last" if layout.pp > 1 else "all")
         out += [(f"{name}/{ph}", parts) for ph, parts in _stage_phases(model, shape, layout, training, st, first,
                                                                         runtime)]

@@ -238,7 +238,7 @@ def resolve_training(model: ModelSpec, cluster: Cluster, training: Training) -> 
     if training.global_batch:
         return training
     return dataclasses.replace(training, global_batch=default_global_batch(
-        cluster.world_size, training.seq_len, on_cpu=cluster.gpu.name == "CPU"))
+        cluster.world_size, training.seq_len, on_cpu=cluster.gpu.is_cpu))
 
 
 def check_constraints(constraints: dict) -> dict:

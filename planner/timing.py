@@ -111,7 +111,7 @@ def estimate_time(model: ModelSpec, cluster: Cluster, layout: Layout, training: 
     bw = gpu.hbm_gbps * 1e9 * HBM_EFFICIENCY
     act_bytes = 2 if training.precision in ("bf16", "fp16") else 4
     offload_s = serial_s = zero_gpu = 0.0
-    knobs = zero_knobs(model.hidden, z, training.zero_buckets, gpu.name.upper() != "CPU")
+    knobs = zero_knobs(model.hidden, z, training.zero_buckets, not gpu.is_cpu)
     if engine == "torch":
         opt_gpu, opt_host_serial, ds_host = shape.params * ADAMW_FUSED_BYTES / bw, 10 * TENSOR_OP_S, 0.0
     elif z in (1, 2):
