@@ -6,11 +6,12 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from shardplan.launch.preflight import free_port  # noqa: F401  (tests import it from here)
 
 CLI = [sys.executable, "-c", "import sys; from shardplan.launch.cli import main; sys.exit(main())"]
 TRAIN_MODULE = b"shardplan.launch.train"
@@ -42,12 +43,6 @@ def render(out: Path, cluster: str, *extra: str, steps: int = 8, global_batch: i
 def copy_run(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
 
 
 def metrics(run_dir: Path) -> list[dict]:

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from shardplan.launch.preflight import free_port
 
 TINY_MODEL = {"name": "gpt2-tiny", "arch": "gpt2", "n_layers": 2, "hidden": 64, "n_heads": 4, "n_kv_heads": 4,
               "ffn_hidden": 256, "vocab": 512, "max_seq_len": 64, "tied_embeddings": True, "head_dim": 16}
@@ -61,12 +62,6 @@ def with_prepared_data(run_dir: Path) -> Path:
         _DATA_CACHE["dir"] = cache
     shutil.copytree(_DATA_CACHE["dir"], run_dir / "data", dirs_exist_ok=True)
     return run_dir
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def train(run_dir: Path, nproc: int, *args: str, timeout: int = 240) -> subprocess.CompletedProcess:
