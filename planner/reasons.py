@@ -1,12 +1,11 @@
 """Why the winner won: one line per decision, against the closest alternative that decided otherwise."""
 from __future__ import annotations
 
-from .cluster import Cluster
+from .cluster import GB, Cluster
 from .estimate import Estimate
 from .layout import Layout
 from .search import TIE, SearchResult
 
-GB = 1e9
 DIMS = ("zero_stage", "tp", "pp", "checkpointing", "offload", "micro_batch")
 CKPT = {"none": "no activation checkpointing", "full": "full activation checkpointing",
         "selective": "selective activation checkpointing"}

@@ -6,10 +6,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from .cluster import GB
 from .estimate import Estimate
 from .reasons import secs
 
-GB = 1e9
 PARTS = (("params", "params_bytes", "blue"), ("grads", "grads_bytes", "magenta"),
          ("optimizer", "optimizer_bytes", "yellow"), ("activations", "activations_bytes", "green"),
          ("other", "other_bytes", "cyan"))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .cluster import Cluster
+from .cluster import GB, Cluster
 from .estimate import Training
 from .layout import Layout, ZeroStage
 from .memory import estimate_memory
@@ -11,7 +11,6 @@ from .model import ModelSpec
 from .reasons import CKPT, OFFLOAD
 from .search import NothingFits, SearchResult, families, usable_bytes
 
-GB = 1e9
 MAX_NODES = 1 << 12    # 32768 GPUs of 8 per node: beyond that the answer is a smaller job, not more GPUs
 
 
