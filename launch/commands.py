@@ -136,10 +136,6 @@ class RunSpec:
     def hostfile(self) -> str:
         return str(PurePosixPath(self.run_dir) / "hostfile")
 
-    @property
-    def job_script(self) -> str:
-        return str(PurePosixPath(self.run_dir) / "job.sbatch")
-
 
 def train_args(run: RunSpec) -> tuple[str, ...]:
     """The training program's own arguments (after `-m shardplan.launch.train`)."""

@@ -13,8 +13,6 @@ from .estimate import Estimate, Training
 from .model import ModelSpec
 from .search import _estimate, check_headroom, divisors, rank, resolve_training, search
 
-METHODS = ("data parallel", "ZeRO-1", "ZeRO-2", "ZeRO-3", "tensor parallel", "pipeline parallel", "hybrid")
-
 
 def method_filters(model: ModelSpec, cluster: Cluster) -> dict:
     """Method name -> predicate on a Layout (offload aside)."""
