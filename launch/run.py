@@ -150,13 +150,17 @@ def _forward_signals(proc: subprocess.Popen) -> _Forwarder:
     return fwd
 
 
-def terminate_group(pgid: int, grace: float = 10.0) -> None:
-    """SIGTERM the job's process group (launchers pass it to the ranks), then SIGKILL what is left."""
+def terminate_group(pgid: int, grace: float = 10.0, *, wait: bool = False) -> None:
+    """SIGTERM the job's process group (launchers pass it to the ranks), then SIGKILL what is left after grace
+    seconds: in the background, or before returning when wait is set."""
     try:
         os.killpg(pgid, signal.SIGTERM)
     except ProcessLookupError:
         return
-    threading.Thread(target=_wait_group_gone, args=(pgid, grace), daemon=True).start()
+    if wait:
+        _wait_group_gone(pgid, grace)
+    else:
+        threading.Thread(target=_wait_group_gone, args=(pgid, grace), daemon=True).start()
 
 
 def _shell_code(rc: int) -> int:
@@ -306,11 +310,7 @@ def cancel(run_dir: Path) -> str:
     if jobs.local_state(job) != RUNNING:
         return f"nothing to cancel: the {job.scheduler} job is {jobs.local_state(job)}"
     jobs.write_job(run_dir, job.finish(state=CANCELLED, reason="cancelled"))
-    try:  # the launch process waiting on the group records the outcome
-        os.killpg(job.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    _wait_group_gone(job.pid, 10.0)
+    terminate_group(job.pid, wait=True)  # the launch process waiting on the group records the outcome
     return f"cancelled the {job.scheduler} job (process group {job.pid})"
 
 
