@@ -16,6 +16,7 @@ from pathlib import PurePosixPath
 
 TRAIN_MODULE = "shardplan.launch.train"
 DEFAULT_MASTER_PORT = 29500
+LOG_DIR = "logs"  # inside a run directory: launcher, per-rank and SLURM outputs
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
@@ -130,7 +131,7 @@ class RunSpec:
 
     @property
     def log_dir(self) -> str:
-        return str(PurePosixPath(self.run_dir) / "logs")
+        return str(PurePosixPath(self.run_dir) / LOG_DIR)
 
     @property
     def hostfile(self) -> str:

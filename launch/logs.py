@@ -9,12 +9,13 @@ import time
 from pathlib import Path
 
 from . import jobs, ranks, slurm
+from .commands import LOG_DIR
 from .jobs import JobRecord
 from .preflight import load_run_dir
 
 
 def main_logs(run_dir: Path, job: JobRecord | None) -> list[Path]:
-    log_dir = run_dir / "logs"
+    log_dir = run_dir / LOG_DIR
     if job is not None and job.scheduler == "slurm" and job.job_id:
         found = slurm.node_outputs(log_dir, job.job_id)
         if found:
@@ -31,10 +32,11 @@ def rank_log(run_dir: Path, job: JobRecord | None, rank: int) -> Path:
         per_node = load_run_dir(run_dir).procs_per_node
     except ValueError:
         per_node = 1
-    found = ranks.rank_logs(run_dir / "logs", since, per_node) or ranks.rank_logs(run_dir / "logs", 0.0, per_node)
+    log_dir = run_dir / LOG_DIR
+    found = ranks.rank_logs(log_dir, since, per_node) or ranks.rank_logs(log_dir, 0.0, per_node)
     if rank not in found:
         have = ", ".join(str(r) for r in sorted(found)) or "none"
-        raise FileNotFoundError(f"no log for rank {rank} under {run_dir / 'logs'} (ranks with logs: {have})")
+        raise FileNotFoundError(f"no log for rank {rank} under {log_dir} (ranks with logs: {have})")
     return found[rank]
 
 

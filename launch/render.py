@@ -22,7 +22,7 @@ from pathlib import Path
 from shardplan import __version__
 from shardplan.planner.estimate import Estimate
 
-from .commands import (Command, RunSpec, ShellVar, deepspeed_command, sbatch_command, shell_join, shell_quote,
+from .commands import (LOG_DIR, Command, RunSpec, ShellVar, deepspeed_command, sbatch_command, shell_join, shell_quote,
                        slurm_filename, srun_torchrun_line, torchrun_command)
 from .ds_config import DsConfigContext, Schedule, ds_config_context
 
@@ -247,7 +247,7 @@ def write_run_dir(files: dict[str, str], run_dir: Path, *, force: bool) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.tmp-", dir=run_dir.parent))
     old: Path | None = None
     try:
-        (tmp / "logs").mkdir()  # job.sbatch's --output lands here: SLURM does not create directories
+        (tmp / LOG_DIR).mkdir()  # job.sbatch's --output lands here: SLURM does not create directories
         for name, text in files.items():
             path = tmp / name
             path.write_text(text)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import jobs, ranks, slurm
 from .progress import MetricsTail, Progress
-from .commands import Command, command_for, deepspeed_command, torchrun_command
+from .commands import LOG_DIR, Command, command_for, deepspeed_command, torchrun_command
 from .jobs import CANCELLED, COMPLETED, FAILED, RUNNING, JobRecord
 from .preflight import RunDir
 
@@ -51,7 +51,7 @@ def describe(run: RunDir, scheduler: str, cmd: Command) -> dict:
     return {"scheduler": scheduler, "run_dir": str(run.path), "world_size": run.world_size,
             "nodes": run.nodes, "procs_per_node": run.procs_per_node, "backend": backend,
             "argv": list(cmd.argv), "env": dict(sorted(cmd.env.items())), "shell": cmd.shell(),
-            "logs": str(run.path / "logs")}
+            "logs": str(run.path / LOG_DIR)}
 
 
 def print_dry_run(info: dict, echo) -> None:
@@ -71,7 +71,7 @@ def print_dry_run(info: dict, echo) -> None:
 def run_local(run: RunDir, scheduler: str, cmd: Command, *, resume: bool, echo, verbose: bool = False,
               train_args: tuple[str, ...] = (), node_rank: int | None = None) -> int:
     """Start the launcher in its own process group, wait, diagnose; returns the shell exit code."""
-    log_dir = run.path / "logs"
+    log_dir = run.path / LOG_DIR
     log_dir.mkdir(exist_ok=True)
     started = time.time()
     node = f"node{node_rank}-" if node_rank is not None else ""
@@ -187,7 +187,7 @@ def report_outcome(job: JobRecord, echo, run_dir: Path, launcher_log: Path | Non
 def run_slurm(run: RunDir, cmd: Command, *, resume: bool, follow: bool, echo,
               train_args: tuple[str, ...] = ()) -> int:
     started = time.time()
-    (run.path / "logs").mkdir(exist_ok=True)
+    (run.path / LOG_DIR).mkdir(exist_ok=True)
     job_id = slurm.submit(cmd, {**os.environ, **cmd.env})
     job = JobRecord("slurm", cmd.argv, cmd.env, started, os.uname().nodename, job_id=job_id, resume=resume,
                     train_args=train_args)
@@ -231,13 +231,14 @@ def follow_slurm(run_dir: Path, job: JobRecord, echo, procs_per_node: int = 1) -
 
 
 def slurm_failure(run_dir: Path, job: JobRecord, state: slurm.SlurmState, procs_per_node: int) -> ranks.Failure:
-    outputs = slurm.node_outputs(run_dir / "logs", job.job_id)
+    log_dir = run_dir / LOG_DIR
+    outputs = slurm.node_outputs(log_dir, job.job_id)
     reports = [(str(p), p.read_text(errors="replace")) for p in outputs]
-    failure = ranks.diagnose(run_dir / "logs", job.started, exit_code=None, reports=reports,
+    failure = ranks.diagnose(log_dir, job.started, exit_code=None, reports=reports,
                              procs_per_node=procs_per_node)
     base = f"SLURM job {job.job_id} {state.state} (ExitCode {state.exit_code or '?'})"
     if failure.rank is None:
-        out = ", ".join(str(p) for p in outputs) or str(run_dir / "logs")
+        out = ", ".join(str(p) for p in outputs) or str(log_dir)
         return ranks.Failure(None, None, f"{base}; see {out}")
     return ranks.Failure(failure.rank, failure.log or (str(outputs[0]) if outputs else None),
                          f"{base}: {failure.reason}")
