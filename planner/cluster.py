@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 
 GB = 10**9
 GiB = 2**30
+MiB = 2**20
 
 
 @dataclass(frozen=True)

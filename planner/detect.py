@@ -14,11 +14,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
-from .cluster import CATALOG, Cluster, GPUType, find_gpu
+from .cluster import CATALOG, Cluster, GPUType, MiB, find_gpu
 
 DEFAULT_HOSTFILE = "/job/hostfile"  # where DeepSpeed's launcher looks when DLTS_HOSTFILE is unset
 NVIDIA_SMI_QUERY = ("nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits")
-MiB = 2**20
 
 
 # ---- host lists and hostfiles

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from .activations import (checkpoint_input_bytes, final_norm_bytes, layer_backward_working_bytes,
                           layer_saved_bytes, loss_peak_bytes, tied_head_grad_bytes)
-from .cluster import Cluster, GPUType
+from .cluster import Cluster, GPUType, MiB
 from .ds_knobs import zero_knobs
 from .estimate import MemoryBreakdown, Training
 from .layout import Layout
@@ -20,7 +20,6 @@ from .model import ModelSpec
 from .model_states import StateBytes, deepspeed_states, torch_states
 from .stage import StageShape, stage_shape
 
-MiB = 2**20
 # The caching allocator reserves beyond the allocated peak in proportion to the memory that comes and goes
 # each step (activations, logits, buckets), not the model states: median (peak_reserved - peak_allocated) /
 # (peak_allocated - mem_steady) over the H200 calibration's DeepSpeed runs (ZeRO 0-3, mbs 1-16, with and
