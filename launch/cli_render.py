@@ -50,14 +50,12 @@ def _command_line(ctx: click.Context) -> str:
 
 
 def _read_hostfile(path) -> tuple[str, ...]:
-    hosts = []
-    for line in path.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            hosts.append(line.split()[0])
-    if not hosts:
-        raise PlanError(f"--hostfile {path} lists no hosts; write one 'host slots=N' line per node")
-    return tuple(hosts)
+    from shardplan.planner.detect import read_hostfile  # the same parser --cluster auto and launch use
+
+    try:
+        return tuple(host for host, _ in read_hostfile(path))
+    except ValueError as e:
+        raise PlanError(f"--hostfile: {e}") from None
 
 
 @main.command()

@@ -14,6 +14,8 @@ import subprocess
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from shardplan.planner import detect
+
 from .commands import DEFAULT_MASTER_PORT, RunSpec
 
 
@@ -74,19 +76,11 @@ def merge_args(stored: tuple[str, ...], given: tuple[str, ...]) -> tuple[str, ..
 
 
 def read_hostfile(path: Path) -> list[tuple[str, int]]:
-    """DeepSpeed hostfile lines `host slots=N` (deepspeed/launcher/runner.py _parse_hostfile); # comments."""
-    hosts = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        parts = line.split()
-        try:
-            slots = int(parts[1].split("=", 1)[1]) if len(parts) > 1 and parts[1].startswith("slots=") else 1
-        except ValueError:
-            raise PreflightError(f"{path}:{number}: {line!r} is not `host slots=N`; fix the hostfile") from None
-        hosts.append((parts[0], slots))
-    return hosts
+    """[(host, slots)] as DeepSpeed's launcher reads the run's hostfile (planner.detect's parser, one for all)."""
+    try:
+        return detect.read_hostfile(path)
+    except ValueError as e:
+        raise PreflightError(f"{e}; re-render with --hosts or --hostfile") from None
 
 
 def load_run_dir(path: str | os.PathLike, *, need: tuple[str, ...] = ()) -> RunDir:
