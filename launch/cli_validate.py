@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from shardplan.launch.cli import main
+from shardplan.planner.layout import Layout
 
 
 def _positive(ctx, param, value):
@@ -106,9 +107,9 @@ def _from_run_dir(run_dir: Path, sizes: dict) -> tuple[Path, dict]:
     plan_path = run_dir / "plan.json"
     try:
         best = json.loads(plan_path.read_text(encoding="utf-8"))["best"]
-        layout, model = best["layout"], best["model"]
-        from_plan = {"world_size": layout["dp"] * layout["tp"] * layout["pp"], "tp": layout["tp"],
-                     "pp": layout["pp"], "heads": model["n_heads"]}
+        layout = Layout.from_dict(best["layout"])
+        from_plan = {"world_size": layout.world_size, "tp": layout.tp, "pp": layout.pp,
+                     "heads": best["model"]["n_heads"]}
     except FileNotFoundError:
         return run_dir / "ds_config.json", sizes
     except (OSError, ValueError, KeyError, TypeError) as e:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from shardplan.planner import detect
+from shardplan.planner.layout import Layout
 
 from .commands import DEFAULT_MASTER_PORT, RunSpec
 
@@ -40,8 +41,8 @@ class RunDir:
         return self.nodes * self.procs_per_node
 
     @property
-    def layout(self) -> dict:
-        return self.plan["best"]["layout"]
+    def layout(self) -> Layout:
+        return Layout.from_dict(self.plan["best"]["layout"])  # validated in load_run_dir
 
     def run_spec(self, *, master_addr: str | None = None, master_port: int | None = None,
                  python: str, train_args: tuple[str, ...] = ()) -> RunSpec:
@@ -101,9 +102,9 @@ def load_run_dir(path: str | os.PathLike, *, need: tuple[str, ...] = ()) -> RunD
             raise PreflightError(f"{run / name} is not valid JSON ({e}); re-render it") from None
     plan = docs["plan.json"]
     try:
-        cluster, layout = plan["best"]["cluster"], plan["best"]["layout"]
+        cluster = plan["best"]["cluster"]
         nodes = int(cluster["nodes"])
-        world = int(layout["dp"]) * int(layout["tp"]) * int(layout["pp"])
+        world = Layout.from_dict(plan["best"]["layout"]).world_size
     except (KeyError, TypeError, ValueError) as e:
         raise PreflightError(f"{run / 'plan.json'} lacks best.cluster/best.layout ({e!r}); re-render it") from None
     if world % nodes:
@@ -120,7 +121,7 @@ def check_ds_config(run: RunDir) -> None:
     from .validate import validate_config  # the validate helper's checks (schema, cross-field, DeepSpeed's parser)
 
     layout = run.layout
-    result = validate_config(run.ds_config, world_size=run.world_size, tp=int(layout["tp"]), pp=int(layout["pp"]))
+    result = validate_config(run.ds_config, world_size=run.world_size, tp=layout.tp, pp=layout.pp)
     if not result.ok:
         first = result.errors[0]
         more = f" (and {len(result.errors) - 1} more)" if len(result.errors) > 1 else ""
