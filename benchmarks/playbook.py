@@ -57,7 +57,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from shardplan.planner.cluster import CATALOG, Cluster
+from shardplan.planner.cluster import CATALOG, Cluster, GiB
 from shardplan.planner.estimate import Training
 from shardplan.planner.layout import Layout
 from shardplan.planner.memory import ALLOCATOR_EXCESS, memory_phases
@@ -69,7 +69,6 @@ SHARED = ROOT.parent / "shared"
 CSV = SHARED / "reference" / "ultrascale_playbook_sweep.csv"
 CALIBRATION = SHARED / "calibration" / "h200_gpt2_probe_train.jsonl"
 OUT = ROOT / "benchmarks" / "results" / "playbook.json"
-GiB = 2**30
 V = 131072
 MODELS = {   # nanotron scripts/scaling_benchmarks.py model_configs, NUM_KEY_VALUE_HEADS = None (multi-head)
     "1B": ModelSpec("nanotron-1b", "llama", 16, 2048, 32, 32, 8192, V, 4096, True),

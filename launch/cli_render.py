@@ -8,6 +8,7 @@ import click
 
 from shardplan.launch.cli import main
 from shardplan.launch.plan_inputs import PlanError, common_options
+from shardplan.planner.cluster import GiB
 
 LAYOUT_FLAGS = ("dp", "tp", "pp", "zero", "micro_batch", "grad_accum", "checkpointing", "offload")
 
@@ -117,8 +118,8 @@ def render(ctx, from_plan, out, force, hosts, hostfile, partition, time_limit, a
         except RenderError as e:
             raise PlanError(str(e)) from None
     if not est.fits:
-        click.echo(f"warning: the chosen layout is predicted not to fit: {est.memory.peak_bytes / 2**30:.1f} GiB "
-                   f"peak of {est.memory.capacity_bytes / 2**30:.1f} GiB per GPU", err=True)
+        click.echo(f"warning: the chosen layout is predicted not to fit: {est.memory.peak_bytes / GiB:.1f} GiB "
+                   f"peak of {est.memory.capacity_bytes / GiB:.1f} GiB per GPU", err=True)
     if as_json:
         click.echo(json.dumps({"run_dir": str(result.run_dir), "files": list(result.files),
                                "layout": est.layout.to_dict(), "fits": est.fits}, indent=2))

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shardplan import __version__
+from shardplan.planner.cluster import GiB
 from shardplan.planner.estimate import Estimate
 
 from .commands import (LOG_DIR, Command, RunSpec, ShellVar, deepspeed_command, sbatch_command, shell_join, shell_quote,
@@ -135,7 +136,7 @@ def render_files(plan: dict, est: Estimate, opts: RenderOptions, run_dir: Path) 
     gpus_per_node = est.cluster.gpus_per_node
     common = dict(version=__version__, command=opts.command or "shardplan render", run=run, est=est,
                   model=est.model, layout=est.layout, cluster=est.cluster, training=est.training, cpu=cpu,
-                  schedule=opts.schedule, lines=_script_lines, gib=lambda b: f"{b / 2**30:.2f}", reasons=tuple(plan.get("reasons", ())))
+                  schedule=opts.schedule, lines=_script_lines, gib=lambda b: f"{b / GiB:.2f}", reasons=tuple(plan.get("reasons", ())))
     files: dict[str, str] = {}
     plan_out = {"best": est.to_dict(), **{k: v for k, v in plan.items() if k != "best"}}
     plan_out["command"] = opts.command or "shardplan render"

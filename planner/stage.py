@@ -18,7 +18,6 @@ class StageShape:
     has_embedding: bool       # first stage: token (+ position) embedding
     has_head: bool            # last stage: final norm, LM head (a tied copy of wte under DeepSpeed's pipeline)
     largest_module: int       # the biggest single module (ZeRO-3 gathers one module at a time)
-    layer_params: int         # one layer's parameters on this rank
 
 
 def layer_params_on_rank(model: ModelSpec, tp: int) -> int:
@@ -58,4 +57,4 @@ def stage_shape(model: ModelSpec, tp: int, pp: int, first: bool, vocab_parallel:
     h, f = model.hidden, model.ffn_hidden
     biggest_matrix = max(h * (model.n_heads + 2 * model.n_kv_heads) * model.head_dim, h * f) // tp
     largest = max(biggest_matrix, vh if (has_emb or has_head) else 0)
-    return StageShape(params, layers, has_emb, has_head, largest, per_layer)
+    return StageShape(params, layers, has_emb, has_head, largest)
