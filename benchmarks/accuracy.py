@@ -35,31 +35,18 @@ GPT2_XL = {"size": "1558M", "n_layer": 48, "n_embd": 1600, "n_head": 25, "n_para
 ISSUE4_POINTS = (("issue 4: ZeRO-2 bf16", dict(GPT2_XL, engine="deepspeed", stage=2), 0.37),
                  ("issue 4: torch AMP eager", dict(GPT2_XL, engine="torch", stage=0), 0.45))
 
-try:
-    from shardplan.planner.cluster import Cluster, GPUType
-    from shardplan.planner.estimate import Training
-    from shardplan.planner.layout import Layout
-    from shardplan.planner.memory import estimate_memory, memory_phases
-    from shardplan.planner.model import ModelSpec
-    from shardplan.planner.timing import estimate_time
-except ImportError:   # running from a checkout that is not pip-installed
-    sys.path.insert(0, str(ROOT.parent))
-    raise
+from shardplan.planner.cluster import Cluster, GPUType, find_gpu, gpu_from_name
+from shardplan.planner.estimate import Training
+from shardplan.planner.layout import Layout
+from shardplan.planner.memory import estimate_memory, memory_phases
+from shardplan.planner.model import ModelSpec
+from shardplan.planner.timing import estimate_time
 
 
 def gpu_for(name: str) -> GPUType:
-    """The catalog's card for a measured device name ("NVIDIA H200" -> H200)."""
-    from shardplan.planner import cluster as c
-    key = name.replace("NVIDIA", "").strip().replace(" ", "-").upper()
-    catalog = getattr(c, "CATALOG", {})
-    upper = {k.upper(): g for k, g in catalog.items()}
-    for k in (key, key.split("-")[0]):
-        if k in upper:
-            return upper[k]
-    for g in catalog.values():
-        if g.name.split("-")[0] == key.split("-")[0]:
-            return g
-    raise ValueError(f"no catalog card for measured device {name!r}")
+    """The catalog's card for a measured device name ("NVIDIA H200" -> H200, "CPU" -> CPU): the same mapping
+    --cluster auto and the training program's MFU use."""
+    return find_gpu(name) or gpu_from_name(name)
 
 
 def point_inputs(r: dict):

@@ -28,7 +28,7 @@ TARGET_S = 1.0
 
 def command() -> list[str]:
     exe = shutil.which("shardplan", path=str(Path(sys.executable).parent)) or shutil.which("shardplan")
-    return [exe] if exe else [sys.executable, "-c", "from shardplan.launch.cli import main; main()"]
+    return [exe] if exe else [sys.executable, "-c", "from shardplan.cli import main; main()"]
 
 
 def cpu_model() -> str:

@@ -14,9 +14,10 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
+from .rundir import HOSTFILE, JOB_SBATCH, LOG_DIR
+
 TRAIN_MODULE = "shardplan.launch.train"
 DEFAULT_MASTER_PORT = 29500
-LOG_DIR = "logs"  # inside a run directory: launcher, per-rank and SLURM outputs
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
@@ -135,7 +136,7 @@ class RunSpec:
 
     @property
     def hostfile(self) -> str:
-        return str(PurePosixPath(self.run_dir) / "hostfile")
+        return str(PurePosixPath(self.run_dir) / HOSTFILE)
 
 
 def train_args(run: RunSpec) -> tuple[str, ...]:
@@ -230,7 +231,7 @@ def sbatch_command(run_dir: str) -> Command:
     """Submit the run's job.sbatch; --parsable prints just the job id (sbatch(1))."""
     if not PurePosixPath(run_dir).is_absolute():
         raise ValueError(f"run_dir({run_dir!r}) must be an absolute path")
-    return Command(("sbatch", "--parsable", str(PurePosixPath(run_dir) / "job.sbatch")), {})
+    return Command(("sbatch", "--parsable", str(PurePosixPath(run_dir) / JOB_SBATCH)), {})
 
 
 def slurm_filename(path: str) -> str:

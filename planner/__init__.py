@@ -13,7 +13,8 @@ from .compare import compare
 from .estimate import Estimate, MemoryBreakdown, TimeBreakdown, Training
 from .layout import Layout, ZeroStage
 from .model import ModelSpec
-from .search import NothingFits, Plan, evaluate, plan
+from .evaluate import evaluate
+from .plan import NothingFits, Plan, plan
 
 __all__ = ["get_model", "get_cluster", "ModelSpec", "Cluster", "GPUType", "Layout", "ZeroStage", "Training",
            "Estimate", "MemoryBreakdown", "TimeBreakdown", "evaluate", "plan", "compare", "Plan", "NothingFits"]
@@ -27,6 +28,7 @@ def get_model(name_or_path: str, **overrides) -> ModelSpec:
 
 
 def get_cluster(spec: str, **overrides) -> Cluster:
-    """"1xH200", "8xA100-40GB", "4x8xH100-80GB" or "auto"; overrides: gpu_memory, intra_node_bw, inter_node_bw."""
-    from .cluster import get_cluster as _get_cluster
-    return _get_cluster(spec, **overrides)
+    """"1xH200", "8xA100-40GB", "4x8xH100-80GB"; overrides: gpu_memory, intra_node_bw, inter_node_bw.
+    "auto" (this machine's GPUs) is I/O, not planning: shardplan.launch.inventory.get_cluster resolves it."""
+    from .cluster import parse_cluster
+    return parse_cluster(spec, **overrides)

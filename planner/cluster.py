@@ -1,4 +1,5 @@
-"""GPU catalog and Cluster: what the job runs on, from a --cluster string ("4x8xH100-80GB") or "auto"."""
+"""GPU catalog and Cluster: what the job runs on, from a --cluster string ("4x8xH100-80GB"), a plan.json
+"cluster" (Cluster.from_dict), or a device name (gpu_from_name). Detecting this machine's GPUs is launch/inventory."""
 from __future__ import annotations
 
 import difflib
@@ -75,6 +76,42 @@ class Cluster:
                 "world_size": self.world_size, "gpu_memory_bytes": self.gpu.memory_bytes,
                 "intra_node_gbps": self.gpu.nvlink_gbps, "inter_node_gbps": self.inter_node_gbps,
                 "hosts": list(self.hosts), "source": self.source}
+
+    def with_overrides(self, **overrides) -> "Cluster":
+        """This cluster with --gpu-memory (GB), --intra-node-bw, --inter-node-bw (GB/s) applied; None means unset."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        unknown = sorted(set(given) - set(OVERRIDES))
+        if unknown:
+            raise ValueError(f"unknown cluster override(s) {', '.join(unknown)}: use {', '.join(OVERRIDES)}")
+        for k, v in given.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                raise ValueError(f"--{k.replace('_', '-')}({v!r}) must be a positive number")
+        gpu = self.gpu
+        if "gpu_memory" in given:
+            gpu = replace(gpu, memory_bytes=int(given["gpu_memory"] * GB))
+        if "intra_node_bw" in given:
+            gpu = replace(gpu, nvlink_gbps=float(given["intra_node_bw"]))
+        cluster = replace(self, gpu=gpu)
+        if "inter_node_bw" in given:
+            cluster = replace(cluster, inter_node_gbps=float(given["inter_node_bw"]))
+        return cluster
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Cluster":
+        """Inverse of to_dict (plan.json's "cluster"): the catalog card with the recorded memory, bandwidths
+        and hosts."""
+        try:
+            gpu, nodes, per_node = get_gpu(d["gpu"]), int(d["nodes"]), int(d["gpus_per_node"])
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"a cluster needs nodes, gpus_per_node and gpu ({type(e).__name__}: {e})") from None
+        if d.get("gpu_memory_bytes"):
+            gpu = replace(gpu, memory_bytes=int(d["gpu_memory_bytes"]))
+        if d.get("intra_node_gbps"):
+            gpu = replace(gpu, nvlink_gbps=float(d["intra_node_gbps"]))
+        cluster = cls(nodes, per_node, gpu, hosts=tuple(d.get("hosts") or ()), source=d.get("source", "flag"))
+        if d.get("inter_node_gbps"):
+            cluster = replace(cluster, inter_node_gbps=float(d["inter_node_gbps"]))
+        return cluster
 
 
 def _card(name: str, mib: int, bf16: float, fp16: float, fp32: float, hbm: float, link: float, **kw) -> GPUType:
@@ -157,11 +194,14 @@ def get_gpu(name: str) -> GPUType:
 
 _SPEC = re.compile(r"^(?:(\d+)[xX])?(\d+)[xX](\S+)$")
 SPEC_FORM = "[NODESx]GPUSxTYPE, e.g. 1xH200, 8xA100-40GB, 4x8xH100-80GB, or auto"
-_OVERRIDES = ("gpu_memory", "intra_node_bw", "inter_node_bw")
+OVERRIDES = ("gpu_memory", "intra_node_bw", "inter_node_bw")  # Cluster.with_overrides, the flags' names
 
 
 def parse_cluster(spec: str, **overrides) -> Cluster:
     """A Cluster from "[NODESx]GPUSxTYPE"; overrides gpu_memory (GB), intra_node_bw and inter_node_bw (GB/s)."""
+    if isinstance(spec, str) and spec.strip().lower() == "auto":
+        raise ValueError("--cluster auto asks this machine (nvidia-smi, SLURM, hostfile): the planner does no I/O; "
+                         "resolve it with shardplan.launch.inventory.get_cluster('auto')")
     m = _SPEC.match(spec.strip()) if isinstance(spec, str) else None
     if m is None:
         raise ValueError(f"--cluster {spec!r} is not of the form {SPEC_FORM}")
@@ -176,33 +216,32 @@ def parse_cluster(spec: str, **overrides) -> Cluster:
             get_gpu(gpu_name)
         except ValueError as e:
             raise ValueError(f"--cluster {spec!r}: {e}") from None
-    return apply_cluster_overrides(Cluster(nodes, per_node, gpu), **overrides)
+    return Cluster(nodes, per_node, gpu).with_overrides(**overrides)
 
 
-def apply_cluster_overrides(cluster: Cluster, **overrides) -> Cluster:
-    """cluster with --gpu-memory (GB), --intra-node-bw, --inter-node-bw (GB/s) applied; None means unset."""
-    given = {k: v for k, v in overrides.items() if v is not None}
-    unknown = sorted(set(given) - set(_OVERRIDES))
-    if unknown:
-        raise ValueError(f"unknown cluster override(s) {', '.join(unknown)}: use {', '.join(_OVERRIDES)}")
-    for k, v in given.items():
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-            raise ValueError(f"--{k.replace('_', '-')}({v!r}) must be a positive number")
-    gpu = cluster.gpu
-    if "gpu_memory" in given:
-        gpu = replace(gpu, memory_bytes=int(given["gpu_memory"] * GB))
-    if "intra_node_bw" in given:
-        gpu = replace(gpu, nvlink_gbps=float(given["intra_node_bw"]))
-    cluster = replace(cluster, gpu=gpu)
-    if "inter_node_bw" in given:
-        cluster = replace(cluster, inter_node_gbps=float(given["inter_node_bw"]))
-    return cluster
+# nvidia-smi names ("NVIDIA H100 80GB HBM3", "Tesla V100-SXM2-32GB") -> catalog; first match wins.
+_NAME_RULES: tuple[tuple[str, str], ...] = (
+    (r"GH200", "GH200"), (r"H200", "H200"), (r"H100.*(PCIE|NVL)", "H100-PCIe"), (r"H100", "H100-80GB"),
+    (r"A100.*80", "A100-80GB"), (r"A100", "A100-40GB"), (r"V100.*32", "V100-32GB"), (r"V100", "V100-16GB"),
+    (r"L40S", "L40S"), (r"\bL4\b", "L4"), (r"A10G", "A10G"), (r"\bT4\b", "T4"), (r"RTX 4090", "RTX-4090"),
+    (r"MI300X", "MI300X"), (r"MI250X?", "MI250X"),
+)
+# An unknown card: its own name and memory, nominal speeds (planning works, timings are rough).
+NOMINAL = dict(bf16_tflops=100.0, fp16_tflops=100.0, fp32_tflops=20.0, hbm_gbps=500.0, nvlink_gbps=32.0)
 
 
-def get_cluster(spec: str, **overrides) -> Cluster:
-    """parse_cluster(spec), or the detected inventory for "auto" (SLURM, hostfile, nvidia-smi, CPU)."""
-    if isinstance(spec, str) and spec.strip().lower() == "auto":
-        from .detect import detect_cluster
-
-        return apply_cluster_overrides(detect_cluster(), **overrides)
-    return parse_cluster(spec, **overrides)
+def gpu_from_name(name: str, memory_bytes: int | None = None) -> GPUType:
+    """The catalog card for a reported device name, else a GPUType with that name, memory and nominal speeds."""
+    upper = name.upper()
+    for pattern, card in _NAME_RULES:
+        if re.search(pattern, upper):
+            gpu = CATALOG[card]
+            if card in ("A100-40GB", "V100-16GB") and memory_bytes and memory_bytes > 1.5 * gpu.memory_bytes:
+                gpu = CATALOG["A100-80GB" if card == "A100-40GB" else "V100-32GB"]  # name without the size
+            if memory_bytes and abs(memory_bytes - gpu.memory_bytes) > 0.1 * gpu.memory_bytes:
+                gpu = replace(gpu, memory_bytes=int(memory_bytes))  # a variant (GH200 144G): trust the device
+            return gpu
+    if memory_bytes is None:
+        raise ValueError(f"unknown GPU {name!r} and no memory size for it: give --cluster NxTYPE and --gpu-memory")
+    custom = re.sub(r"[^A-Za-z0-9.]+", "-", name.strip()).strip("-") or "GPU"
+    return GPUType(custom, int(memory_bytes), **NOMINAL)

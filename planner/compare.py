@@ -11,7 +11,9 @@ from __future__ import annotations
 from .cluster import Cluster
 from .estimate import Estimate, Training
 from .model import ModelSpec
-from .search import _estimate, check_headroom, divisors, rank, resolve_training, search
+from .evaluate import check_headroom, estimate_layout
+from .layout import divisors
+from .search import rank, resolve_training, search
 
 
 def method_filters(model: ModelSpec, cluster: Cluster) -> dict:
@@ -47,12 +49,12 @@ def compare(model: ModelSpec, cluster: Cluster, training: Training, headroom: fl
         misses = [(m.peak_bytes, i) for i, (l, m) in enumerate(result.misses) if keep(l)]
         if misses:
             layout, memory = result.misses[min(misses)[1]]
-            rows.append((name, _estimate(model, cluster, layout, training, headroom, memory)))
+            rows.append((name, estimate_layout(model, cluster, layout, training, headroom, memory)))
     if not any(e.fits for _, e in rows):
         offloaded = search(model, cluster, training, headroom, {"zero_stage": 3, "tp": 1, "pp": 1}, offload=True)
         if offloaded.fits:
             rows.append(("ZeRO-3 + offload", rank(offloaded.fits)[0]))
         elif offloaded.misses:
             layout, memory = min(offloaded.misses, key=lambda x: x[1].peak_bytes)
-            rows.append(("ZeRO-3 + offload", _estimate(model, cluster, layout, training, headroom, memory)))
+            rows.append(("ZeRO-3 + offload", estimate_layout(model, cluster, layout, training, headroom, memory)))
     return rows

@@ -1,7 +1,7 @@
 """Layout: one way to split a training job over a cluster, validated at construction."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import IntEnum
 from typing import Literal
 
@@ -12,6 +12,12 @@ Precision = Literal["bf16", "fp16", "fp32"]
 CHECKPOINTING: tuple[Checkpointing, ...] = ("none", "full", "selective")
 OFFLOADS: tuple[Offload, ...] = ("none", "optimizer", "optimizer+params")
 PRECISIONS: tuple[Precision, ...] = ("bf16", "fp16", "fp32")
+
+
+def divisors(n: int) -> list[int]:
+    """The divisors of n, ascending: the degrees a dimension of size n can be split into."""
+    small = [d for d in range(1, int(n ** 0.5) + 1) if n % d == 0]
+    return sorted(set(small + [n // d for d in small]))
 
 
 class ZeroStage(IntEnum):
@@ -70,14 +76,35 @@ class Layout:
         return self.micro_batch * self.grad_accum * self.dp
 
     def to_dict(self) -> dict:
-        return {"dp": self.dp, "tp": self.tp, "pp": self.pp, "zero_stage": int(self.zero_stage),
-                "micro_batch": self.micro_batch, "grad_accum": self.grad_accum,
-                "checkpointing": self.checkpointing, "offload": self.offload}
+        """Field name -> value (plan.json's "layout", estimate --json)."""
+        return {name: int(v) if name == "zero_stage" else v
+                for name, v in ((name, getattr(self, name)) for name in LAYOUT_FIELDS)}
+
+    def to_flags(self) -> dict:
+        """Flag name -> value: to_dict with the command line's names ("zero" for zero_stage)."""
+        return {flag_name(k): v for k, v in self.to_dict().items()}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Layout":
-        known = {"dp", "tp", "pp", "zero_stage", "micro_batch", "grad_accum", "checkpointing", "offload"}
-        unknown = set(d) - known
+        unknown = set(d) - set(LAYOUT_FIELDS)
         if unknown:
-            raise ValueError(f"unknown layout keys {sorted(unknown)}; known: {sorted(known)}")
+            raise ValueError(f"unknown layout keys {sorted(unknown)}; known: {sorted(LAYOUT_FIELDS)}")
         return cls(**d)
+
+
+# The one list of layout fields; flags, --batch keys, plan.json and render derive their names from it.
+LAYOUT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Layout))
+_FLAG_OF = {"zero_stage": "zero"}  # the only field whose flag is not its name (--zero, DeepSpeed's word)
+
+
+def flag_name(field_name: str) -> str:
+    """The command-line name of a layout field: "zero" for zero_stage, else the field name."""
+    return _FLAG_OF.get(field_name, field_name)
+
+
+def field_name(flag: str) -> str:
+    """The layout field a flag (or --batch key, either spelling) sets: zero -> zero_stage."""
+    return {v: k for k, v in _FLAG_OF.items()}.get(flag, flag)
+
+
+LAYOUT_FLAGS: tuple[str, ...] = tuple(flag_name(f) for f in LAYOUT_FIELDS)

@@ -5,6 +5,8 @@ from dataclasses import dataclass, fields
 from typing import Literal
 
 Arch = Literal["gpt2", "llama"]
+# How flops_per_token counts (estimate's predicted MFU and the training program's measured MFU both use it).
+FLOPS_FORMULA = "6N+12Lhs per token, PaLM appendix B (no recompute counted)"
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,12 @@
 """Why the winner won: one line per decision, against the closest alternative that decided otherwise."""
 from __future__ import annotations
 
+import dataclasses
+
 from .cluster import GB, Cluster
 from .estimate import Estimate
 from .layout import Layout
+from .memory import estimate_memory
 from .search import TIE, SearchResult
 
 DIMS = ("zero_stage", "tp", "pp", "checkpointing", "offload", "micro_batch")
@@ -116,10 +119,6 @@ def _without_offload(options: list[Option], usable: float) -> str:
 
 def _host_memory(best: Estimate, cluster: Cluster) -> str:
     """What moves to the host: the on-GPU states of the same layout without offload, times the GPUs of a node."""
-    import dataclasses
-
-    from .memory import estimate_memory
-
     on_gpu = estimate_memory(best.model, cluster, dataclasses.replace(best.layout, offload="none"), best.training)
     moved = on_gpu.optimizer_bytes - best.memory.optimizer_bytes
     if best.layout.offload == "optimizer+params":

@@ -1,4 +1,5 @@
-"""The search: enumerate the layouts a job can use, keep what fits, rank by predicted throughput.
+"""The search: enumerate the layouts a job can use, bisect the micro-batch, keep what fits, rank by
+predicted throughput.
 
 Rules (README "How plan searches"):
 - world = dp · tp · pp uses every GPU of the cluster.
@@ -17,42 +18,15 @@ from dataclasses import dataclass
 
 from .cluster import Cluster
 from .estimate import Estimate, MemoryBreakdown, Training
-from .layout import CHECKPOINTING, OFFLOADS, Layout, ZeroStage
+from .evaluate import check_headroom, estimate_layout, usable_bytes
+from .layout import CHECKPOINTING, OFFLOADS, Layout, ZeroStage, divisors
 from .memory import estimate_memory
 from .model import ModelSpec
-from .timing import estimate_time
 
 TIE = 0.01                      # throughput within 1% counts as a tie: the model is not more precise than that
 DEFAULT_BATCH_TOKENS = 2 ** 19  # GPT-3 (Brown et al. 2020, table 2.1) trains its small models on 0.5M-token batches
 SEARCHED_CHECKPOINTING = ("none", "full")
 CONSTRAINTS = ("tp", "pp", "zero_stage", "micro_batch", "checkpointing", "offload", "max_micro_batch", "top")
-
-
-class NothingFits(ValueError):
-    """No layout fits; `.suggestion` says what would (more GPUs, offload, a larger card)."""
-
-    def __init__(self, message: str, suggestion: str = "") -> None:
-        super().__init__(f"{message}; {suggestion}" if suggestion else message)
-        self.suggestion = suggestion
-
-
-@dataclass(frozen=True)
-class Plan:
-    """The winner, the best of each other family (zero, tp, pp, checkpointing, offload), and why."""
-
-    best: Estimate
-    candidates: tuple[Estimate, ...]   # runners-up, best first; the winner is not repeated here
-    evaluated: int                     # layouts whose memory (and, when they fit, time) was estimated
-    reasons: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict:
-        return {"best": self.best.to_dict(), "candidates": [c.to_dict() for c in self.candidates],
-                "evaluated": self.evaluated, "reasons": list(self.reasons)}
-
-
-def divisors(n: int) -> list[int]:
-    small = [d for d in range(1, int(n ** 0.5) + 1) if n % d == 0]
-    return sorted(set(small + [n // d for d in small]))
 
 
 CPU_SEQUENCES_PER_PROCESS = 8  # CPU processes (the demo): a step of seconds, not of minutes
@@ -72,53 +46,6 @@ def default_global_batch(world: int, seq_len: int, on_cpu: bool = False) -> int:
     return batch
 
 
-def usable_bytes(capacity: int, headroom: float) -> float:
-    return capacity * (1 - headroom)
-
-
-def check_layout(model: ModelSpec, cluster: Cluster, layout: Layout) -> None:
-    """Raise ValueError naming the value and the fix when the layout cannot run on this model and cluster."""
-    if layout.world_size != cluster.world_size:
-        raise ValueError(f"dp({layout.dp})·tp({layout.tp})·pp({layout.pp}) = {layout.world_size} must equal the "
-                         f"cluster's {cluster.world_size} GPUs ({cluster.spec}); leave --dp out to derive it")
-    if layout.tp > cluster.gpus_per_node or cluster.gpus_per_node % layout.tp:
-        raise ValueError(f"tp({layout.tp}) must divide the {cluster.gpus_per_node} GPUs of a node: tensor "
-                         "parallelism all-reduces every layer and stays on NVLink")
-    for name, heads in (("n_heads", model.n_heads), ("n_kv_heads", model.n_kv_heads)):
-        if heads % layout.tp:
-            raise ValueError(f"tp({layout.tp}) must divide {name}({heads}) of {model.name}; "
-                             f"use --tp in {[t for t in divisors(heads) if t <= cluster.gpus_per_node]}")
-    if model.n_layers % layout.pp:
-        raise ValueError(f"pp({layout.pp}) must divide n_layers({model.n_layers}) of {model.name} (even stages); "
-                         f"use --pp in {divisors(model.n_layers)[:8]}")
-
-
-def evaluate(model: ModelSpec, cluster: Cluster, layout: Layout, training: Training,
-             headroom: float = 0.1) -> Estimate:
-    """Memory and step time of one layout. training.global_batch 0 means the layout's own."""
-    check_headroom(headroom)
-    check_layout(model, cluster, layout)
-    if training.global_batch == 0:
-        training = dataclasses.replace(training, global_batch=layout.global_batch)
-    elif training.global_batch != layout.global_batch:
-        raise ValueError(
-            f"global batch {training.global_batch} != micro_batch({layout.micro_batch})·grad_accum"
-            f"({layout.grad_accum})·dp({layout.dp}) = {layout.global_batch}; change --grad-accum or --global-batch")
-    return _estimate(model, cluster, layout, training, headroom)
-
-
-def _estimate(model, cluster, layout, training, headroom, memory: MemoryBreakdown | None = None) -> Estimate:
-    memory = memory or estimate_memory(model, cluster, layout, training)
-    return Estimate(model, cluster, layout, training, memory, estimate_time(model, cluster, layout, training),
-                    headroom)
-
-
-def check_headroom(headroom: float) -> None:
-    if not 0 <= headroom < 1:
-        raise ValueError(f"headroom({headroom!r}) must be a fraction in [0, 1), e.g. 0.1 for 10%")
-
-
-# ---------------------------------------------------------------------------------------------- search
 @dataclass
 class SearchResult:
     """Everything the search looked at: what fits (full Estimates) and what did not (memory only)."""
@@ -215,7 +142,7 @@ def search(model: ModelSpec, cluster: Cluster, training: Training, headroom: flo
         if missing is not None:             # the smallest micro-batch that does not fit: what the reasons cite
             result.misses.append((layout(micros[missing]), memory(missing)))
         for i in fitting:
-            result.fits.append(_estimate(model, cluster, layout(micros[i]), training, headroom, memory(i)))
+            result.fits.append(estimate_layout(model, cluster, layout(micros[i]), training, headroom, memory(i)))
     return result
 
 
@@ -265,26 +192,3 @@ def run_search(model: ModelSpec, cluster: Cluster, training: Training, headroom:
         more.evaluated += result.evaluated
         result = more
     return result
-
-
-def plan(model: ModelSpec, cluster: Cluster, training: Training, headroom: float = 0.1, **constraints) -> Plan:
-    """Search every layout, rank what fits, explain the winner. Raises NothingFits (with .suggestion).
-
-    constraints: tp, pp, zero_stage, micro_batch, checkpointing, offload fix that choice;
-    max_micro_batch caps micro-batches; top (default 5) is how many runners-up to return.
-    """
-    c = check_constraints(constraints)
-    check_fixed(model, cluster, c)
-    result = run_search(model, cluster, training, headroom, c)
-    if not result.fits:
-        from .suggest import nothing_fits
-        raise nothing_fits(model, cluster, result, headroom, c)
-    ranked = rank(result.fits)
-    best, seen, runners = ranked[0], {family_key(ranked[0].layout)}, []
-    for e in ranked[1:]:
-        if family_key(e.layout) not in seen:
-            seen.add(family_key(e.layout))
-            runners.append(e)
-    from .reasons import explain
-    reasons = explain(best, result, cluster)
-    return Plan(best, tuple(runners[: c.get("top", 5)]), result.evaluated, tuple(reasons))

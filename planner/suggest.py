@@ -3,13 +3,23 @@ from __future__ import annotations
 
 import dataclasses
 
-from .cluster import GB, Cluster
+from .cluster import CATALOG, GB, Cluster
 from .estimate import Training
+from .evaluate import usable_bytes
 from .layout import Layout, ZeroStage
 from .memory import estimate_memory
 from .model import ModelSpec
 from .reasons import CKPT, OFFLOAD
-from .search import NothingFits, SearchResult, families, usable_bytes
+from .search import SearchResult, families
+
+
+class NothingFits(ValueError):
+    """No layout fits; `.suggestion` says what would (more GPUs, offload, a larger card)."""
+
+    def __init__(self, message: str, suggestion: str = "") -> None:
+        super().__init__(f"{message}; {suggestion}" if suggestion else message)
+        self.suggestion = suggestion
+
 
 MAX_NODES = 1 << 12    # 32768 GPUs of 8 per node: beyond that the answer is a smaller job, not more GPUs
 
@@ -72,10 +82,6 @@ def smallest_cluster(model: ModelSpec, cluster: Cluster, training: Training, hea
 def larger_card(model: ModelSpec, cluster: Cluster, training: Training, headroom: float) -> Cluster | None:
     """The catalog card with the least memory above this one's that fits this shape; else the fewest of the
     largest card that fit."""
-    try:
-        from .cluster import CATALOG  # the GPU catalog (name -> GPUType)
-    except ImportError:
-        return None
     cards = sorted((g for g in CATALOG.values() if g.memory_bytes > cluster.gpu.memory_bytes),
                    key=lambda g: (g.memory_bytes, -g.bf16_tflops))
     for gpu in cards:

@@ -11,9 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from shardplan.launch.preflight import free_port  # noqa: F401  (tests import it from here)
+from shardplan.launch.run.preflight import free_port  # noqa: F401  (tests import it from here)
 
-CLI = [sys.executable, "-c", "import sys; from shardplan.launch.cli import main; sys.exit(main())"]
+CLI = [sys.executable, "-c", "import sys; from shardplan.cli import main; sys.exit(main())"]
 TRAIN_MODULE = b"shardplan.launch.train"
 
 

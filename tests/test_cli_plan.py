@@ -6,7 +6,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from shardplan.launch.cli import main
+from shardplan.cli import main
 from shardplan.planner import Layout, Training, evaluate, get_cluster, get_model
 
 CONTRACT_KEYS = {"model", "cluster", "layout", "memory", "fits", "step_time_s", "tokens_per_s", "mfu"}
@@ -157,7 +157,7 @@ def test_help_teaches_with_examples():
 
 
 def test_plan_path_imports_no_torch():
-    code = ("import sys; from shardplan.launch.cli import main\n"
+    code = ("import sys; from shardplan.cli import main\n"
             "main(['plan', '--model', 'gpt2', '--cluster', '1xH200', '--json'], standalone_mode=False)\n"
             "heavy = [m for m in ('torch', 'deepspeed', 'transformers', 'jinja2') if m in sys.modules]\n"
             "assert not heavy, heavy")

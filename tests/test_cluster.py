@@ -1,11 +1,10 @@
 """GPU catalog, --cluster strings and their overrides."""
 import json
-import shutil
 
 import pytest
 
-from shardplan.planner.cluster import (CATALOG, GB, GiB, Cluster, apply_cluster_overrides, find_gpu, get_cluster,
-                                       get_gpu, parse_cluster)
+from shardplan.planner import get_cluster
+from shardplan.planner.cluster import CATALOG, GB, GiB, Cluster, find_gpu, get_gpu, parse_cluster
 
 REQUIRED = ("H100-80GB", "H100-PCIe", "H200", "A100-80GB", "A100-40GB", "V100-32GB", "V100-16GB", "L4", "L40S",
             "A10G", "RTX-4090", "MI250X", "MI300X", "GH200", "CPU")
@@ -71,7 +70,7 @@ def test_overrides():
                                               ({"memory": 80}, "unknown cluster override(s) memory")])
 def test_bad_overrides(overrides, expect):
     with pytest.raises(ValueError) as e:
-        apply_cluster_overrides(parse_cluster("8xH100"), **overrides)
+        parse_cluster("8xH100").with_overrides(**overrides)
     assert expect in str(e.value)
 
 
@@ -105,10 +104,19 @@ def test_cluster_validates_and_serialises():
     assert (d["nodes"], d["gpus_per_node"], d["gpu"], d["world_size"]) == (4, 8, "H100-80GB", 32)
 
 
-def test_get_cluster_auto(monkeypatch):
-    for var in ("SLURM_JOB_ID", "SLURM_JOBID", "DLTS_HOSTFILE"):
-        monkeypatch.delenv(var, raising=False)
-    c = get_cluster("auto", inter_node_bw=10)
-    assert c.inter_node_gbps == 10.0
-    if shutil.which("nvidia-smi") is None:
-        assert c.source == "cpu" and c.gpu.name == "CPU" and c.nodes == 1 and c.gpus_per_node in (1, 2)
+def test_the_planner_does_not_detect_hardware():
+    """--cluster auto runs nvidia-smi and reads the environment: launch/inventory does that, not the planner."""
+    with pytest.raises(ValueError, match=r"launch\.inventory\.get_cluster\('auto'\)"):
+        get_cluster("auto")
+
+
+def test_from_dict_round_trips_what_plan_json_records():
+    c = parse_cluster("2x8xA100-40GB", gpu_memory=32, intra_node_bw=200, inter_node_bw=25.5)
+    c = Cluster(c.nodes, c.gpus_per_node, c.gpu, c.inter_node_gbps, hosts=("a", "b"), source="hostfile")
+    back = Cluster.from_dict(json.loads(json.dumps(c.to_dict())))
+    assert back == c
+    assert Cluster.from_dict(c.to_dict()).with_overrides(gpu_memory=40).gpu.memory_bytes == 40 * GB
+    with pytest.raises(ValueError, match="needs nodes, gpus_per_node and gpu"):
+        Cluster.from_dict({"gpu": "H200"})
+    with pytest.raises(ValueError, match="unknown GPU type 'TPUv5'"):
+        Cluster.from_dict({"nodes": 1, "gpus_per_node": 8, "gpu": "TPUv5"})

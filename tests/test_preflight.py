@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from launch_helpers import copy_run, free_port, render, shardplan
-from shardplan.launch import ranks
-from shardplan.launch.preflight import merge_args, read_hostfile
+from shardplan.launch.run import ranks
+from shardplan.launch.run.preflight import merge_args, read_hostfile
 
 
 @pytest.fixture(scope="module")
@@ -44,14 +44,17 @@ def test_invalid_ds_config_names_the_key(tmp_path, rendered):
     (run / "ds_config.json").write_text(json.dumps(cfg))
     _refused(shardplan("launch", run, "--master-port", free_port()), "does not validate", "train_batch_size",
              "shardplan validate")
-    assert not (run / "job.json").exists() and not (run / "logs").exists() or not any((run / "logs").iterdir())
+    assert not (run / "job.json").exists()
+    assert not (run / "logs").exists() or not any((run / "logs").iterdir())
 
 
-def test_more_processes_than_cores(tmp_path):
+def test_more_processes_than_cores_is_a_warning(tmp_path):
+    """CPU processes beyond the cores only share them (slower, not wrong): launch warns and goes on."""
     run = render(tmp_path / "big", "64xCPU", steps=2, global_batch=64)
-    _refused(shardplan("launch", run, "--master-port", free_port()), "needs 64 CPU processes", "core")
-    dry = shardplan("launch", run, "--dry-run", "--master-port", free_port())  # still shows what would run
-    assert dry.returncode == 2 and "--num_gpus 64" in dry.stdout and "preflight would refuse" in dry.stderr
+    dry = shardplan("launch", run, "--dry-run", "--master-port", free_port())
+    assert dry.returncode == 0 and "--num_gpus 64" in dry.stdout, dry.stderr
+    assert "warning: the plan runs 64 CPU processes per node on" in dry.stderr and "core" in dry.stderr
+    assert "preflight would refuse" not in dry.stderr
 
 
 def test_busy_master_port(tmp_path, rendered):
@@ -95,7 +98,8 @@ def test_moved_run_dir_refuses_its_absolute_sbatch(tmp_path, rendered):
 def test_status_logs_cancel_before_any_launch(rendered):
     for command in ("status", "cancel"):
         out = shardplan(command, rendered)
-        assert out.returncode == 1 and "never launched" in out.stderr or "nothing to cancel" in out.stderr, out.stderr
+        assert out.returncode == 1, out.stderr
+        assert ("never launched" if command == "status" else "nothing to cancel") in out.stderr, out.stderr
     assert shardplan("logs", rendered).returncode == 1
 
 
@@ -131,3 +135,19 @@ def test_torchrun_report_names_the_killed_rank(tmp_path):
     assert found.log == "node1.out"  # no error file for a signal: the output the report was found in
     failure = ranks.diagnose(Path(tmp_path), 0.0, exit_code=1, reports=[("node1.out", REPORT)])
     assert failure.rank == 1 and "killed by SIGKILL" in failure.reason and failure.log == "node1.out"
+
+
+def test_resume_is_suggested_only_when_a_checkpoint_exists(tmp_path):
+    """A launch that fails before any checkpoint (e.g. the program refuses the model) must not say --resume."""
+    from shardplan.launch.run.jobs import FAILED, JobRecord
+    from shardplan.launch.run.launcher import report_outcome
+
+    job = JobRecord("local", ("deepspeed",), started=1.0, finished=2.0, exit_code=2, state=FAILED,
+                    reason="rank 0 exited with code 2")
+    said: list[str] = []
+    report_outcome(job, said.append, tmp_path)
+    assert said and not any("--resume" in line for line in said), said
+    (tmp_path / "checkpoints" / "step2").mkdir(parents=True)
+    said.clear()
+    report_outcome(job, said.append, tmp_path)
+    assert f"continue from the last checkpoint: shardplan launch {tmp_path} --resume" in said

@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from shardplan.launch import render as render_mod
-from shardplan.launch.cli import main
+from shardplan.launch import rundir
+from shardplan.launch.render import artifacts as render_mod
+from shardplan.cli import main
 from shardplan.launch.commands import RunSpec, deepspeed_command, torchrun_command
-from shardplan.launch.ds_config import Schedule
-from shardplan.launch.render import RenderError, RenderOptions, render, render_files
+from shardplan.launch.render.ds_config import Schedule
+from shardplan.launch.render.artifacts import RenderError, RenderOptions, render, render_files
 from shardplan.launch.validate import validate_config
 from shardplan.planner import Layout, Training, evaluate, get_cluster, get_model
 
@@ -113,7 +114,7 @@ def test_tp_partition_config_names_the_training_programs_modules(rendered):
 @pytest.mark.parametrize("name", sorted(MATRIX))
 def test_scripts_pass_bash_n_and_shellcheck(rendered, name):
     run_dir = rendered[name][0].run_dir
-    scripts = [run_dir / s for s in render_mod.SCRIPTS]
+    scripts = [run_dir / s for s in rundir.SCRIPTS]
     for script in scripts:
         subprocess.run(["bash", "-n", str(script)], check=True)
     shellcheck = shutil.which("shellcheck") or str(Path(sys.executable).parent / "shellcheck")
@@ -175,7 +176,7 @@ def test_quoting_scripts_are_inert_and_pass_exact_argv(tmp_path):
     assert _argv_of(run_dir / "launch.sh", tmp_path, *extra) == list(deepspeed_command(spec).argv[1:] + extra)
     assert _argv_of(run_dir / "launch_torchrun.sh", tmp_path, *extra) == list(torchrun_command(spec).argv[1:] + extra)
     assert not (tmp_path / "pwned").exists()
-    for script in render_mod.SCRIPTS:
+    for script in rundir.SCRIPTS:
         subprocess.run(["bash", "-n", str(run_dir / script)], check=True)
 
 
@@ -372,7 +373,7 @@ def test_every_rendered_run_dir_passes_the_validate_command(rendered):
     (sizes from each run's plan.json; schema, cross-field rules and DeepSpeed's own parser)."""
     from click.testing import CliRunner
 
-    from shardplan.launch.cli import main
+    from shardplan.cli import main
 
     dirs = [str(result.run_dir) for result, _ in rendered.values()]
     outcome = CliRunner().invoke(main, ["validate", "--strict", "--json", *dirs])

@@ -5,7 +5,8 @@ import itertools
 import pytest
 
 from shardplan.planner import Cluster, GPUType, Layout, NothingFits, Training, evaluate, get_model, plan
-from shardplan.planner.search import TIE, default_global_batch, divisors, family_key, rank
+from shardplan.planner.layout import divisors
+from shardplan.planner.search import TIE, default_global_batch, family_key, rank
 from shardplan.planner.suggest import leanest, smallest_cluster
 
 CARD = GPUType("TEST-80GB", 80 * 10**9, 312.0, 312.0, 19.5, 2039.0, 300.0)

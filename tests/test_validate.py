@@ -9,7 +9,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from shardplan.launch.cli import main
+from shardplan.cli import main
 from shardplan.launch.validate import (ConfigFileError, Problem, load_schema, read_config_file, validate_config,
                                        validate_file)
 
@@ -298,7 +298,7 @@ def test_cli_json_stdout_is_pure_json_with_deepspeed(tmp_path):
     """DeepSpeed prints to stdout when imported; the report on stdout must still parse."""
     path = tmp_path / "ds.json"
     path.write_text(json.dumps(GOOD))
-    code = ("import sys; from shardplan.launch.cli import main\n"
+    code = ("import sys; from shardplan.cli import main\n"
             f"sys.argv = ['shardplan', 'validate', {str(path)!r}, '--json']\nmain()")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -359,7 +359,7 @@ def test_optimizer_and_scheduler_names_match_what_deepspeed_initialize_accepts()
     from deepspeed.runtime import config as ds_config, lr_schedules
     from deepspeed.runtime.engine import DeepSpeedEngine
 
-    from shardplan.launch import validate_rules as rules
+    from shardplan.launch.validate import rules
 
     assert tuple(ds_config.DEEPSPEED_OPTIMIZERS) == rules.DEEPSPEED_OPTIMIZERS
     engine_accepts = lambda name: DeepSpeedEngine._is_supported_optimizer(None, name)  # noqa: E731 (self unused)

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from shardplan.launch.preflight import free_port
+from shardplan.launch.run.preflight import free_port
 
 TINY_MODEL = {"name": "gpt2-tiny", "arch": "gpt2", "n_layers": 2, "hidden": 64, "n_heads": 4, "n_kv_heads": 4,
               "ffn_hidden": 256, "vocab": 512, "max_seq_len": 64, "tied_embeddings": True, "head_dim": 16}

@@ -10,6 +10,8 @@ import json
 import os
 from pathlib import Path
 
+from shardplan.launch import rundir
+
 META = "shardplan.json"
 POINTER = "latest"   # same name and format as DeepSpeed's own pointer, so load_checkpoint(tag=None) agrees
 
@@ -19,7 +21,7 @@ class CheckpointError(ValueError):
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
-    return Path(run_dir) / "checkpoints"
+    return Path(run_dir) / rundir.CHECKPOINTS
 
 
 def latest_tag(ckpt_dir: Path) -> str | None:

@@ -9,6 +9,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from shardplan.launch import rundir
 from shardplan.planner.layout import Layout
 from .spec import GPTConfig, autotp_partition_config
 
@@ -49,16 +50,6 @@ class RunConfig:
         return cfg
 
 
-def _read_json(path: Path, what: str) -> dict:
-    if not path.is_file():
-        raise RunConfigError(f"{path}: missing; render the run directory first (shardplan render ... --out "
-                             f"{path.parent}) or point --run-dir at one")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise RunConfigError(f"{path}: not valid JSON ({e}); re-render the {what}") from None
-
-
 def _disagree(name: str, ds_value, plan_value, fix: str = "re-render the run directory from the plan") -> None:
     if ds_value != plan_value:
         raise RunConfigError(f"ds_config.json {name} ({ds_value}) disagrees with plan.json ({plan_value}); {fix}")
@@ -66,20 +57,13 @@ def _disagree(name: str, ds_value, plan_value, fix: str = "re-render the run dir
 
 def load_run_config(run_dir: Path, world_size: int) -> RunConfig:
     run_dir = Path(run_dir)
-    plan_path = run_dir / "plan.json"
-    plan = _read_json(plan_path, "plan")
-    ds = _read_json(run_dir / "ds_config.json", "DeepSpeed config")
     try:
-        best = plan["best"]
-        model_dict, layout_dict, training = best["model"], best["layout"], best["training"]
-    except (KeyError, TypeError):
-        raise RunConfigError(f"{plan_path}: needs best.model, best.layout and best.training "
-                             "(written by shardplan render)") from None
-    try:
-        layout = Layout.from_dict(layout_dict)
-    except (ValueError, TypeError) as e:   # TypeError: a required key (dp) missing, or not a mapping at all
-        raise RunConfigError(f"{plan_path}: best.layout is not a valid layout: {e}; re-plan and re-render "
-                             "the run directory") from None
+        plan = rundir.read_plan(run_dir, need=("model", "layout", "training"))
+        ds = rundir.read_json(run_dir / rundir.DS_CONFIG)
+        layout = rundir.plan_layout(plan, run_dir)
+    except rundir.RunDirError as e:
+        raise RunConfigError(str(e)) from None
+    model_dict, training = plan["best"]["model"], plan["best"]["training"]
     model = GPTConfig.from_model_dict(model_dict, layout.checkpointing)
     run = RunConfig(run_dir=run_dir, model=model, model_dict=model_dict, layout=layout,
                     seq_len=training["seq_len"], precision=training.get("precision", "fp32"), ds_config=ds)

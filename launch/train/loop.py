@@ -8,6 +8,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from shardplan.launch import rundir
+from shardplan.planner.model import ModelSpec
+
 from . import checkpoint as ckpt
 from .config import load_run_config
 
@@ -104,9 +107,8 @@ def run(opts: Options) -> dict | None:
         scheduler.step(0)
     start = ckpt.load(trainer.engine, ckpt_dir, resume_tag) if resume_tag else 0
     from .metrics import Metrics
-    flops_per_token = run_cfg.model_dict.get("params") or sum(p.numel() for p in trainer.engine.module.parameters())
-    flops_per_token = 6 * flops_per_token + 12 * run_cfg.model.n_layers * run_cfg.model.hidden * run_cfg.seq_len
-    metrics = Metrics(opts.run_dir / "metrics.jsonl", rank, world_size, flops_per_token, run_cfg.precision,
+    flops_per_token = ModelSpec.from_dict(run_cfg.model_dict).flops_per_token(run_cfg.seq_len)  # as estimate's
+    metrics = Metrics(opts.run_dir / rundir.METRICS, rank, world_size, flops_per_token, run_cfg.precision,
                       layout.global_batch * run_cfg.seq_len, opts.steps,
                       resumed_from=start if resume_tag else None, checkpoint=resume_tag)
     saved_at = start

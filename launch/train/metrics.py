@@ -10,27 +10,21 @@ from pathlib import Path
 
 import torch
 
-FLOPS_FORMULA = "6N+12Lhs per token, PaLM appendix B (no recompute counted)"
-
-# Dense peak TFLOP/s per CUDA device-name fragment (vendor datasheets), precision -> peak.
-PEAK_TFLOPS = (
-    ("H200", {"bf16": 989.0, "fp16": 989.0, "fp32": 67.0}),
-    ("H100", {"bf16": 989.0, "fp16": 989.0, "fp32": 67.0}),
-    ("A100", {"bf16": 312.0, "fp16": 312.0, "fp32": 19.5}),
-    ("L40S", {"bf16": 362.0, "fp16": 362.0, "fp32": 91.6}),
-    ("A10", {"bf16": 125.0, "fp16": 125.0, "fp32": 31.2}),
-)
+from shardplan.planner.cluster import CATALOG, gpu_from_name
+from shardplan.planner.model import FLOPS_FORMULA
 
 
 def peak_flops(precision: str) -> tuple[float | None, str]:
-    """(peak FLOP/s of one device, what it is). On CPU there is no meaningful peak: MFU is reported as null."""
+    """(peak FLOP/s of one device, what it is): the planner's catalog card for this device, so measured MFU
+    and `estimate`'s predicted MFU divide by the same peak. On CPU, or an unknown card, MFU is null."""
     if not torch.cuda.is_available():
         return None, "cpu: no peak, mfu null"
     name = torch.cuda.get_device_name()
-    for fragment, peaks in PEAK_TFLOPS:
-        if fragment in name:
-            return peaks[precision] * 1e12, f"{name} dense {precision} datasheet peak {peaks[precision]} TFLOP/s"
-    return None, f"{name}: peak unknown, mfu null"
+    gpu = gpu_from_name(name, torch.cuda.get_device_properties(0).total_memory)
+    if gpu.name not in CATALOG:
+        return None, f"{name}: not in shardplan's GPU catalog, peak unknown, mfu null"
+    peak = gpu.peak_tflops(precision)
+    return peak * 1e12, f"{name} (catalog {gpu.name}) dense {precision} datasheet peak {peak} TFLOP/s"
 
 
 def peak_memory_bytes() -> int:

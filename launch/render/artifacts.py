@@ -6,7 +6,6 @@ rename), so a failure never leaves a half-written run directory behind.
 """
 from __future__ import annotations
 
-import contextlib
 import importlib.resources
 import importlib.util
 import json
@@ -23,11 +22,11 @@ from shardplan import __version__
 from shardplan.planner.cluster import GiB
 from shardplan.planner.estimate import Estimate
 
-from .commands import (LOG_DIR, Command, RunSpec, ShellVar, deepspeed_command, sbatch_command, shell_join, shell_quote,
+from ..commands import (Command, RunSpec, ShellVar, deepspeed_command, sbatch_command, shell_join, shell_quote,
                        slurm_filename, srun_torchrun_line, torchrun_command)
+from .. import rundir
 from .ds_config import DsConfigContext, Schedule, ds_config_context
 
-SCRIPTS = ("launch.sh", "launch_torchrun.sh", "job.sbatch", "megatron_args.sh")
 _SLURM_TIME = re.compile(r"(\d+-)?\d+(:\d{1,2}){0,2}\Z|(\d+-)?\d+:\d{1,2}:\d{1,2}\Z")
 
 
@@ -142,26 +141,26 @@ def render_files(plan: dict, est: Estimate, opts: RenderOptions, run_dir: Path) 
     plan_out["command"] = opts.command or "shardplan render"
     plan_out["shardplan_version"] = __version__
     plan_out["launch"] = run.to_dict()  # the RunSpec the scripts were rendered from (RunSpec.from_dict)
-    files["plan.json"] = json.dumps(plan_out, indent=2) + "\n"
-    files["ds_config.json"] = json.dumps(ds_config, indent=2) + "\n"
+    files[rundir.PLAN] = json.dumps(plan_out, indent=2) + "\n"
+    files[rundir.DS_CONFIG] = json.dumps(ds_config, indent=2) + "\n"
     if run.hosts:
-        files["hostfile"] = env.get_template("hostfile.j2").render(hosts=run.hosts, slots=gpus_per_node,
+        files[rundir.HOSTFILE] = env.get_template("hostfile.j2").render(hosts=run.hosts, slots=gpus_per_node,
                                                                    version=__version__)
-    files["launch.sh"] = env.get_template("launch.sh.j2").render(
+    files[rundir.LAUNCH_SH] = env.get_template("launch.sh.j2").render(
         cmd=deepspeed_command(run) if run.nodes == 1 or run.hosts else None, **common)
-    files["launch_torchrun.sh"] = env.get_template("launch_torchrun.sh.j2").render(
+    files[rundir.LAUNCH_TORCHRUN_SH] = env.get_template("launch_torchrun.sh.j2").render(
         cmd=torchrun_command(run, node_rank=0 if run.nodes == 1 else ShellVar("NODE_RANK"),
                              master_addr=torchrun_addr), **common)
     cpus = opts.cpus_per_task or gpus_per_node * (1 if cpu else 8)
-    files["job.sbatch"] = env.get_template("job.sbatch.j2").render(
+    files[rundir.JOB_SBATCH] = env.get_template("job.sbatch.j2").render(
         srun=srun_torchrun_line(run), sbatch=sbatch_command(run.run_dir), cpus_per_task=cpus,
         partition=opts.partition, time=opts.time, account=opts.account,
         output=slurm_filename(run.log_dir) + "/slurm-%j.out", job_name=f"shardplan-{est.model.name}", **common)
-    files["megatron_args.sh"] = env.get_template("megatron_args.sh.j2").render(
+    files[rundir.MEGATRON_ARGS] = env.get_template("megatron_args.sh.j2").render(
         megatron_args=megatron_args(est, opts.schedule), **common)
-    files["README.md"] = env.get_template("README.md.j2").render(
-        files=sorted(files) + ["README.md"], ds=ds_ctx, **common)
-    for name in SCRIPTS:
+    files[rundir.README] = env.get_template("README.md.j2").render(
+        files=sorted(files) + [rundir.README], ds=ds_ctx, **common)
+    for name in rundir.SCRIPTS:
         _check_bash_syntax(name, files[name])
     return files
 
@@ -173,14 +172,12 @@ def _parse_and_validate(text: str, est: Estimate, ctx: DsConfigContext) -> dict:
         raise RenderError(f"templates/ds_config.json.j2 rendered invalid JSON ({e}); this is a shardplan bug") from None
     if config["train_batch_size"] != config["train_micro_batch_size_per_gpu"] * config["gradient_accumulation_steps"] * est.layout.dp:
         raise RenderError("ds_config batch sizes do not satisfy train = micro × grad_accum × dp; this is a shardplan bug")
-    from .validate import validate_config
+    from ..validate import validate_config
 
     # DeepSpeed's own parser too when it is installed (render runs without the [train] extra as well).
     use_deepspeed = importlib.util.find_spec("deepspeed") is not None
-    # DeepSpeed logs to stdout (its handler binds the stream when first imported): keep stdout for --json.
-    with contextlib.redirect_stdout(sys.stderr):
-        result = validate_config(config, world_size=est.layout.world_size, tp=est.layout.tp, pp=est.layout.pp,
-                                 heads=est.model.n_heads, use_deepspeed=use_deepspeed)
+    result = validate_config(config, world_size=est.layout.world_size, tp=est.layout.tp, pp=est.layout.pp,
+                             heads=est.model.n_heads, use_deepspeed=use_deepspeed)
     if result.errors:
         raise RenderError("rendered ds_config.json fails validation: " + "; ".join(str(p) for p in result.errors))
     return config
@@ -248,7 +245,7 @@ def write_run_dir(files: dict[str, str], run_dir: Path, *, force: bool) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.tmp-", dir=run_dir.parent))
     old: Path | None = None
     try:
-        (tmp / LOG_DIR).mkdir()  # job.sbatch's --output lands here: SLURM does not create directories
+        (tmp / rundir.LOG_DIR).mkdir()  # job.sbatch's --output lands here: SLURM does not create directories
         for name, text in files.items():
             path = tmp / name
             path.write_text(text)

@@ -6,18 +6,18 @@ or the SLURM partition) has the world size the plan needs; hostfile hosts resolv
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from shardplan.planner import detect
 from shardplan.planner.layout import Layout
 
-from .commands import DEFAULT_MASTER_PORT, RunSpec
+from .. import inventory, rundir
+from ..commands import DEFAULT_MASTER_PORT, RunSpec
 
 
 class PreflightError(ValueError):
@@ -42,7 +42,7 @@ class RunDir:
 
     @property
     def layout(self) -> Layout:
-        return Layout.from_dict(self.plan["best"]["layout"])  # validated in load_run_dir
+        return rundir.plan_layout(self.plan, self.path)  # validated in load_run_dir
 
     def run_spec(self, *, master_addr: str | None = None, master_port: int | None = None,
                  python: str, train_args: tuple[str, ...] = ()) -> RunSpec:
@@ -77,9 +77,9 @@ def merge_args(stored: tuple[str, ...], given: tuple[str, ...]) -> tuple[str, ..
 
 
 def read_hostfile(path: Path) -> list[tuple[str, int]]:
-    """[(host, slots)] as DeepSpeed's launcher reads the run's hostfile (planner.detect's parser, one for all)."""
+    """[(host, slots)] as DeepSpeed's launcher reads the run's hostfile (launch.inventory's parser, one for all)."""
     try:
-        return detect.read_hostfile(path)
+        return inventory.read_hostfile(path)
     except ValueError as e:
         raise PreflightError(f"{e}; re-render with --hosts or --hostfile") from None
 
@@ -90,58 +90,54 @@ def load_run_dir(path: str | os.PathLike, *, need: tuple[str, ...] = ()) -> RunD
     if not run.is_dir():
         raise PreflightError(f"run directory {path} does not exist; create it with "
                              f"`shardplan render ... --out {path}`")
-    for name in ("plan.json", "ds_config.json") + need:
+    for name in (rundir.PLAN, rundir.DS_CONFIG) + need:
         if not (run / name).is_file():
             raise PreflightError(f"{run / name} is missing; re-render the run directory with "
                                  f"`shardplan render ... --out {path} --force`")
-    docs = {}
-    for name in ("plan.json", "ds_config.json"):
-        try:
-            docs[name] = json.loads((run / name).read_text())
-        except ValueError as e:
-            raise PreflightError(f"{run / name} is not valid JSON ({e}); re-render it") from None
-    plan = docs["plan.json"]
     try:
+        plan = rundir.read_plan(run)
+        ds_config = rundir.read_json(run / rundir.DS_CONFIG)
+        world = rundir.plan_layout(plan, run).world_size
         cluster = plan["best"]["cluster"]
         nodes = int(cluster["nodes"])
-        world = Layout.from_dict(plan["best"]["layout"]).world_size
+    except rundir.RunDirError as e:
+        raise PreflightError(str(e)) from None
     except (KeyError, TypeError, ValueError) as e:
-        raise PreflightError(f"{run / 'plan.json'} lacks best.cluster/best.layout ({e!r}); re-render it") from None
+        raise PreflightError(f"{run / rundir.PLAN} lacks best.cluster.nodes ({e!r}); re-render it") from None
     if world % nodes:
         raise PreflightError(f"plan world size({world}) is not a multiple of nodes({nodes}); re-render the plan")
     hosts = tuple(cluster.get("hosts") or ())
-    if not hosts and (run / "hostfile").is_file():
-        hosts = tuple(h for h, _ in read_hostfile(run / "hostfile"))
+    if not hosts and (run / rundir.HOSTFILE).is_file():
+        hosts = tuple(h for h, _ in read_hostfile(run / rundir.HOSTFILE))
     cpu = str(cluster.get("gpu", "")).upper() == "CPU"
     # The layout's world size decides how many processes start (it may use fewer than the cluster has).
-    return RunDir(run, plan, docs["ds_config.json"], nodes, world // nodes, hosts, cpu)
+    return RunDir(run, plan, ds_config, nodes, world // nodes, hosts, cpu)
 
 
 def check_ds_config(run: RunDir) -> None:
-    from .validate import validate_config  # the validate helper's checks (schema, cross-field, DeepSpeed's parser)
+    from ..validate import validate_config  # the validate helper's checks (schema, cross-field, DeepSpeed's parser)
 
     layout = run.layout
     result = validate_config(run.ds_config, world_size=run.world_size, tp=layout.tp, pp=layout.pp)
     if not result.ok:
         first = result.errors[0]
         more = f" (and {len(result.errors) - 1} more)" if len(result.errors) > 1 else ""
-        raise PreflightError(f"{run.path / 'ds_config.json'} does not validate: {first.path}: {first.message} "
+        raise PreflightError(f"{run.path / rundir.DS_CONFIG} does not validate: {first.path}: {first.message} "
                              f"Fix: {first.fix}{more} (all of them: `shardplan validate "
-                             f"{run.path / 'ds_config.json'} --world-size {run.world_size}`)")
+                             f"{run.path / rundir.DS_CONFIG} --world-size {run.world_size}`)")
 
 
-def check_local_inventory(run: RunDir) -> None:
-    """This machine must hold the plan's processes per node: GPUs, or for a CPU plan, cores."""
+def check_local_inventory(run: RunDir, warn: Callable[[str], None]) -> None:
+    """This machine must hold the plan's GPUs per node. CPU processes may outnumber the cores: that is only
+    slower (the tests run 8 processes on 2 cores), so it is a warning."""
     if run.cpu:
         # A CPU plan runs one process per core (a GPU machine runs it too: DS_ACCELERATOR=cpu is set).
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         if cores < run.procs_per_node:
-            raise PreflightError(f"the plan needs {run.procs_per_node} CPU processes per node, but this machine "
-                                 f"has {cores} core(s); re-render with --cluster auto")
+            warn(f"the plan runs {run.procs_per_node} CPU processes per node on {cores} core(s): they share the "
+                 "cores and each step is slower; re-render with --cluster auto for one process per core")
         return
-    from shardplan.planner import get_cluster
-
-    here = get_cluster("auto")
+    here = inventory.detect_cluster()
     if here.source == "cpu":
         raise PreflightError(f"the plan needs {run.procs_per_node} GPUs per node "
                              f"({run.plan['best']['cluster'].get('gpu')}), but this machine has none; "
@@ -154,7 +150,7 @@ def check_local_inventory(run: RunDir) -> None:
 
 def check_hostfile(run: RunDir) -> list[tuple[str, int]]:
     """Multi-node without SLURM: the hostfile lists enough hosts with enough slots, and they resolve."""
-    path = run.path / "hostfile"
+    path = run.path / rundir.HOSTFILE
     if not path.is_file():
         raise PreflightError(f"the plan spans nodes({run.nodes}) but {path} is missing; re-render with "
                              "--hosts a,b,... or --hostfile, or launch with --scheduler slurm")
@@ -239,19 +235,20 @@ def check_slurm_inventory(run: RunDir, partition: str | None = None) -> None:
 
 def preflight(run_path: str | os.PathLike, scheduler: str, *, master_port: int | None = None,
               master_addr: str | None = None, partition: str | None = None, resume: bool = False,
-              node_rank: int | None = None) -> RunDir:
-    """All the checks for `shardplan launch RUN_DIR --scheduler S`; returns the loaded run directory."""
-    need = {"slurm": ("job.sbatch",)}.get(scheduler, ())
+              node_rank: int | None = None, warn: Callable[[str], None] = lambda message: None) -> RunDir:
+    """All the checks for `shardplan launch RUN_DIR --scheduler S`; returns the loaded run directory.
+    What only slows the job down (more CPU processes than cores) goes to `warn` instead of failing."""
+    need = {"slurm": (rundir.JOB_SBATCH,)}.get(scheduler, ())
     run = load_run_dir(run_path, need=need)
-    ckpt = run.path / "checkpoints"
-    if resume and not (ckpt.is_dir() and any(ckpt.iterdir())):
-        raise PreflightError(f"--resume: {ckpt} holds no checkpoint (nothing to resume); launch without --resume")
+    if resume and not rundir.has_checkpoint(run.path):
+        raise PreflightError(f"--resume: {run.path / rundir.CHECKPOINTS} holds no checkpoint (nothing to resume); "
+                             "launch without --resume")
     check_ds_config(run)
     if scheduler == "slurm":
         rendered_for = (run.plan.get("launch") or {}).get("run_dir")
         if rendered_for and Path(rendered_for) != run.path:
             raise PreflightError(f"{run.path / 'job.sbatch'} was rendered for {rendered_for} (its paths are absolute); "
-                                 f"re-render it in place: `shardplan render --from {run.path / 'plan.json'} "
+                                 f"re-render it in place: `shardplan render --from {run.path / rundir.PLAN} "
                                  f"--out {run.path} --force`")
         check_slurm_inventory(run, partition)
         return run  # the port and hosts are the allocation's, chosen inside job.sbatch
@@ -265,7 +262,7 @@ def preflight(run_path: str | os.PathLike, scheduler: str, *, master_port: int |
                                  "install pdsh (and passwordless ssh), or run `shardplan launch RUN_DIR --scheduler "
                                  "deepspeed --node-rank N` on each node N")
     else:
-        check_local_inventory(run)
+        check_local_inventory(run, warn)
     if master_addr:
         check_resolves(master_addr, Path("--master-addr"))
     if not node_rank:  # only the first node binds it

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shardplan.launch.validate import Problem, Topology
+from .problems import Problem, Topology
 
 BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
 _ZERO3_ONLY = (

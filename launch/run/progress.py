@@ -5,6 +5,8 @@ import json
 import time
 from pathlib import Path
 
+from ..rundir import METRICS
+
 
 class MetricsTail:
     """Reads the lines rank 0 appends to metrics.jsonl since we started looking."""
@@ -48,7 +50,7 @@ class Progress:
     """Prints a progress line at most every `every` seconds, and the last one when asked."""
 
     def __init__(self, run_dir: Path, echo, every: float = 2.0) -> None:
-        self.tail, self.echo, self.every, self.shown = MetricsTail(run_dir / "metrics.jsonl"), echo, every, 0.0
+        self.tail, self.echo, self.every, self.shown = MetricsTail(run_dir / METRICS), echo, every, 0.0
 
     def poll(self, force: bool = False) -> None:
         self.tail.poll()

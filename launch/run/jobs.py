@@ -12,7 +12,8 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-JOB_FILE = "job.json"
+from ..rundir import JOB_FILE
+
 SCHEDULERS = ("local", "deepspeed", "torchrun", "slurm")
 
 # States shared by local and SLURM jobs (SLURM's own names, so `status` reads the same for both).

@@ -11,10 +11,9 @@ import re
 import shutil
 import subprocess
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from pathlib import Path
 
-from .cluster import CATALOG, Cluster, GPUType, MiB, find_gpu
+from shardplan.planner.cluster import CATALOG, Cluster, GPUType, MiB, find_gpu, gpu_from_name, parse_cluster
 
 DEFAULT_HOSTFILE = "/job/hostfile"  # where DeepSpeed's launcher looks when DLTS_HOSTFILE is unset
 NVIDIA_SMI_QUERY = ("nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits")
@@ -89,35 +88,6 @@ def read_hostfile(path: str | os.PathLike) -> list[tuple[str, int]]:
     except OSError as e:
         raise ValueError(f"cannot read hostfile {str(path)!r} ({e.strerror}); check the path") from None
     return parse_hostfile(text, where=f"hostfile {str(path)!r}")
-
-
-# ---- GPU types from names
-# nvidia-smi names ("NVIDIA H100 80GB HBM3", "Tesla V100-SXM2-32GB") -> catalog; first match wins.
-_NAME_RULES: tuple[tuple[str, str], ...] = (
-    (r"GH200", "GH200"), (r"H200", "H200"), (r"H100.*(PCIE|NVL)", "H100-PCIe"), (r"H100", "H100-80GB"),
-    (r"A100.*80", "A100-80GB"), (r"A100", "A100-40GB"), (r"V100.*32", "V100-32GB"), (r"V100", "V100-16GB"),
-    (r"L40S", "L40S"), (r"\bL4\b", "L4"), (r"A10G", "A10G"), (r"\bT4\b", "T4"), (r"RTX 4090", "RTX-4090"),
-    (r"MI300X", "MI300X"), (r"MI250X?", "MI250X"),
-)
-# An unknown card: its own name and memory, nominal speeds (planning works, timings are rough).
-NOMINAL = dict(bf16_tflops=100.0, fp16_tflops=100.0, fp32_tflops=20.0, hbm_gbps=500.0, nvlink_gbps=32.0)
-
-
-def gpu_from_name(name: str, memory_bytes: int | None = None) -> GPUType:
-    """The catalog card for a reported device name, else a GPUType with that name, memory and nominal speeds."""
-    upper = name.upper()
-    for pattern, card in _NAME_RULES:
-        if re.search(pattern, upper):
-            gpu = CATALOG[card]
-            if card in ("A100-40GB", "V100-16GB") and memory_bytes and memory_bytes > 1.5 * gpu.memory_bytes:
-                gpu = CATALOG["A100-80GB" if card == "A100-40GB" else "V100-32GB"]  # name without the size
-            if memory_bytes and abs(memory_bytes - gpu.memory_bytes) > 0.1 * gpu.memory_bytes:
-                gpu = replace(gpu, memory_bytes=int(memory_bytes))  # a variant (GH200 144G): trust the device
-            return gpu
-    if memory_bytes is None:
-        raise ValueError(f"unknown GPU {name!r} and no memory size for it: give --cluster NxTYPE and --gpu-memory")
-    custom = re.sub(r"[^A-Za-z0-9.]+", "-", name.strip()).strip("-") or "GPU"
-    return GPUType(custom, int(memory_bytes), **NOMINAL)
 
 
 def parse_nvidia_smi(text: str) -> list[tuple[str, int]]:
@@ -243,3 +213,11 @@ def detect_cluster(env: Mapping[str, str] | None = None) -> Cluster:
     if hostfile:
         return cluster_from_hostfile(read_hostfile(hostfile), local_gpu, where=f"hostfile {hostfile!r}")
     return local or cpu_cluster()
+
+
+def get_cluster(spec: str, **overrides) -> Cluster:
+    """The cluster a --cluster value names: the detected inventory for "auto" (SLURM, hostfile, nvidia-smi,
+    CPU), else the planner's parse of "[NODESx]GPUSxTYPE"; overrides as Cluster.with_overrides."""
+    if isinstance(spec, str) and spec.strip().lower() == "auto":
+        return detect_cluster().with_overrides(**overrides)
+    return parse_cluster(spec, **overrides)

@@ -1,10 +1,15 @@
-"""The `shardplan` command. Each group of subcommands lives in its own module and is imported here;
-nothing heavy (torch, deepspeed, jinja2) is imported at start-up so that `shardplan plan` stays fast."""
+"""The `shardplan` command: the click group and its subcommands, added explicitly from their modules.
+
+Nothing heavy (torch, deepspeed, jinja2) is imported at start-up so that `shardplan plan` stays fast."""
 from __future__ import annotations
 
 import click
 
 from shardplan import __version__
+from shardplan.cli.launch import cancel, launch, logs, status
+from shardplan.cli.plan import compare, estimate, plan
+from shardplan.cli.render import render
+from shardplan.cli.validate import validate
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -21,10 +26,5 @@ def main() -> None:
     """
 
 
-def _register() -> None:
-    # Each subcommand module registers its commands on `main` when imported; their heavy imports stay
-    # inside the command functions.
-    from shardplan.launch import cli_launch, cli_plan, cli_render, cli_validate  # noqa: F401
-
-
-_register()
+for _command in (plan, estimate, compare, render, validate, launch, status, logs, cancel):
+    main.add_command(_command)

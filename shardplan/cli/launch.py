@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
 
 import click
 
-from shardplan.launch.cli import main
 
 SCHEDULERS = ("local", "deepspeed", "torchrun", "slurm")
 # plan + render + launch without --steps: a demo that shows the loss falling in about a minute on 2 CPU cores.
@@ -20,7 +20,7 @@ def _fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
-@main.command(context_settings={"ignore_unknown_options": False})
+@click.command(context_settings={"ignore_unknown_options": False})
 @click.argument("run_dir", required=False, type=click.Path(file_okay=False, path_type=Path))
 @click.argument("train_extra", nargs=-1, type=click.UNPROCESSED)
 @click.option("--scheduler", type=click.Choice(SCHEDULERS), default="local", show_default=True,
@@ -66,9 +66,9 @@ def launch(run_dir, train_extra, scheduler, dry_run, resume, steps, follow, mast
       shardplan launch runs/gpt2xl -- --checkpoint-every 50  # after --: for the training program
       shardplan launch --model gpt2-demo --cluster auto --out runs/demo --force --steps 40
     """
-    from shardplan.launch import preflight as pf
-    from shardplan.launch import run as runner
-    from shardplan.launch.slurm import SlurmError
+    from shardplan.launch.run import preflight as pf
+    from shardplan.launch.run import launcher as runner
+    from shardplan.launch.run.slurm import SlurmError
 
     if run_dir is None:
         if not model:
@@ -88,7 +88,8 @@ def launch(run_dir, train_extra, scheduler, dry_run, resume, steps, follow, mast
         refused = None
         try:
             run = pf.preflight(run_dir, scheduler, master_port=master_port, master_addr=master_addr,
-                               partition=partition, resume=resume, node_rank=node_rank)
+                               partition=partition, resume=resume, node_rank=node_rank,
+                               warn=lambda message: click.echo(f"warning: {message}", err=True))
         except pf.PreflightError as e:
             if not dry_run:
                 raise
@@ -131,7 +132,7 @@ def launch(run_dir, train_extra, scheduler, dry_run, resume, steps, follow, mast
 
 def _last_train_args(run_dir: Path) -> tuple[str, ...]:
     """--resume without new arguments continues with the last launch's (its --steps, --checkpoint-every)."""
-    from shardplan.launch import jobs
+    from shardplan.launch.run import jobs
 
     try:
         last = jobs.read_job(run_dir)
@@ -145,35 +146,33 @@ def _last_train_args(run_dir: Path) -> tuple[str, ...]:
 
 def _render_one_shot(model: str, cluster: str, out: Path | None, force: bool, steps: int | None,
                      dry_run: bool) -> Path:
-    """plan + render through the `render` command itself (same defaults and checks as the user gets)."""
+    """plan + render as `shardplan render --model M --cluster C --out O --steps N` does (same function)."""
+    from shardplan.launch import rundir
+
     out = out or Path("runs") / f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if dry_run and not (out.is_dir() and (out / "plan.json").is_file()):
+    if dry_run and not (out.is_dir() and (out / rundir.PLAN).is_file()):
         _fail(f"--dry-run with --model would have to render {out} first; render it "
               f"(`shardplan render --model {model} --cluster {cluster} --out {out}`) and dry-run that")
     if dry_run:
         return out
-    args = ["render", "--model", model, "--cluster", cluster, "--out", str(out)]
-    render_cmd = main.commands.get("render")
-    if render_cmd is None:
-        _fail("the render command is not installed (shardplan.launch.cli_render); reinstall shardplan")
-    names = {p.name for p in render_cmd.params}
-    if force:
-        args.append("--force")
-    if "steps" in names:  # the LR schedule's length too
-        args += ["--steps", str(steps or ONE_SHOT_STEPS)]
+    from shardplan.cli.render import print_rendered, render_run_dir
+    from shardplan.launch.render import RenderOptions, Schedule
+
+    steps = steps or ONE_SHOT_STEPS  # the LR schedule's length too
+    args = ["render", "--model", model, "--cluster", cluster, "--out", str(out)] + (["--force"] if force else [])
+    args += ["--steps", str(steps)]
     click.echo(f"$ shardplan {' '.join(args)}")
+    options = RenderOptions(out=out, force=force, schedule=Schedule(steps=steps), command=shlex.join(["shardplan", *args]))
     try:
-        main.main(args=args, prog_name="shardplan", standalone_mode=False)
+        result, est = render_run_dir({"model": model, "cluster": cluster}, {}, options)
     except click.ClickException as e:
         e.show()
         sys.exit(2)
-    except SystemExit as e:
-        if e.code:
-            sys.exit(e.code)
+    print_rendered(result, est, as_json=False)
     return out
 
 
-@main.command()
+@click.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable state.")
 def status(run_dir, as_json):
@@ -188,8 +187,8 @@ def status(run_dir, as_json):
       shardplan status runs/gpt2xl
       shardplan status runs/gpt2xl --json | jq .state
     """
-    from shardplan.launch import run as runner
-    from shardplan.launch.slurm import SlurmError
+    from shardplan.launch.run import launcher as runner
+    from shardplan.launch.run.slurm import SlurmError
 
     try:
         info = runner.status(run_dir.resolve())
@@ -206,7 +205,7 @@ def status(run_dir, as_json):
             click.echo(f"  {key}: {info[key]}")
 
 
-@main.command()
+@click.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--rank", type=click.IntRange(min=0), help="This rank's own log (default: the launcher / SLURM output).")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until the job ends.")
@@ -220,8 +219,8 @@ def logs(run_dir, rank, follow, lines):
       shardplan logs runs/gpt2xl --rank 1        # rank 1's own log
       shardplan logs runs/gpt2xl --follow
     """
-    from shardplan.launch import jobs
-    from shardplan.launch import logs as logview
+    from shardplan.launch.run import jobs
+    from shardplan.launch.run import logs as logview
 
     run_dir = run_dir.resolve()
     job = jobs.read_job(run_dir)
@@ -248,7 +247,7 @@ def logs(run_dir, rank, follow, lines):
         logview.show(found, click.echo, lines)
 
 
-@main.command()
+@click.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 def cancel(run_dir):
     """Stop a run's job: scancel for SLURM, SIGTERM to the local launcher's process group (then SIGKILL).
@@ -257,8 +256,8 @@ def cancel(run_dir):
     Example:
       shardplan cancel runs/gpt2xl
     """
-    from shardplan.launch import run as runner
-    from shardplan.launch.slurm import SlurmError
+    from shardplan.launch.run import launcher as runner
+    from shardplan.launch.run.slurm import SlurmError
 
     try:
         click.echo(runner.cancel(run_dir.resolve()))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-from shardplan.launch.validate import Problem
-from shardplan.launch.validate_schema import close_matches, json_path
+from .problems import Problem
+from .schema import close_matches, json_path
 
 DEEPSPEED_VERSION_CHECKED = "0.19.8"
 _ISSUE = "https://github.com/deepspeedai/DeepSpeed/issues/8489"

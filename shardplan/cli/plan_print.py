@@ -6,9 +6,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .cluster import GB
-from .estimate import Estimate
-from .reasons import secs
+from shardplan.planner.cluster import GB
+from shardplan.planner.estimate import Estimate
+from shardplan.planner.reasons import secs
 
 PARTS = (("params", "params_bytes", "blue"), ("grads", "grads_bytes", "magenta"),
          ("optimizer", "optimizer_bytes", "yellow"), ("activations", "activations_bytes", "green"),
@@ -98,7 +98,7 @@ def print_plan(plan, console: Console | None = None) -> None:
 
 
 def compare_table(rows) -> Table:
-    from .search import rank
+    from shardplan.planner.search import rank
 
     fits = [e for _, e in rows if e.fits]
     best = rank(fits)[0] if fits else None

@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
-from shardplan.planner.cluster import CATALOG
-from shardplan.planner.detect import (cluster_from_hostfile, cluster_from_nvidia_smi, cluster_from_slurm, cpu_cluster,
-                                      detect_cluster, expand_hostlist, gpu_from_name, parse_hostfile,
-                                      parse_nvidia_smi, read_hostfile, slurm_hostnames)
+from shardplan.launch.inventory import (cluster_from_hostfile, cluster_from_nvidia_smi, cluster_from_slurm, cpu_cluster,
+                                        detect_cluster, expand_hostlist, get_cluster, parse_hostfile, parse_nvidia_smi,
+                                        read_hostfile, slurm_hostnames)
+from shardplan.planner.cluster import CATALOG, gpu_from_name
 
 HOSTLISTS = {
     "node1": ["node1"],
@@ -208,10 +208,20 @@ def test_detect_cluster_order(tmp_path):
 @pytest.mark.slurm
 def test_detect_inside_a_real_two_node_allocation(slurm_cluster):
     conf = slurm_cluster["SLURM_CONF"]
-    code = ("import json; from shardplan.planner.detect import detect_cluster; c = detect_cluster(); "
+    code = ("import json; from shardplan.launch.inventory import detect_cluster; c = detect_cluster(); "
             "print(json.dumps([c.spec, c.hosts, c.source]))")
     out = subprocess.run(["srun", "-N2", "--ntasks-per-node=1", "-t", "1", "--immediate=60", sys.executable, "-c", code],
                          capture_output=True, text=True, timeout=120, env={**os.environ, "SLURM_CONF": conf})
     assert out.returncode == 0, out.stderr[-2000:]
     seen = [json.loads(line) for line in out.stdout.splitlines()]
     assert len(seen) == 2 and all(s[0] == "2x1xCPU" and s[2] == "slurm" and len(s[1]) == 2 for s in seen), seen
+
+
+def test_get_cluster_auto(monkeypatch):
+    for var in ("SLURM_JOB_ID", "SLURM_JOBID", "DLTS_HOSTFILE"):
+        monkeypatch.delenv(var, raising=False)
+    c = get_cluster("auto", inter_node_bw=10)
+    assert c.inter_node_gbps == 10.0
+    if shutil.which("nvidia-smi") is None:
+        assert c.source == "cpu" and c.gpu.name == "CPU" and c.nodes == 1 and c.gpus_per_node in (1, 2)
+    assert get_cluster("2x8xH200", gpu_memory=100).gpu.memory_bytes == 100 * 10**9  # not auto: the planner's parse

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .commands import Command, sbatch_command
+from ..commands import Command, sbatch_command
 from .jobs import FINAL_STATES
 
 _TIMEOUT = 30  # seconds for one SLURM client call: a dead slurmctld must not hang `status`

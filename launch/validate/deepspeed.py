@@ -11,14 +11,16 @@ repaired and DeepSpeed asked again, so it can still find what the rules do not k
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
+import sys
 from typing import Any
 
-from shardplan.launch.validate import Problem, Topology
-from shardplan.launch.validate_keys import REMOVED_TOP_LEVEL, REMOVED_ZERO, strip_auto
-from shardplan.launch.validate_rules import BATCH_KEYS
-from shardplan.launch.validate_schema import json_path
+from .problems import Problem, Topology
+from .keys import REMOVED_TOP_LEVEL, REMOVED_ZERO, strip_auto
+from .rules import BATCH_KEYS
+from .schema import json_path
 
 _MAX_ATTEMPTS = 8
 # pydantic model title -> where its fields live in the config.
@@ -103,7 +105,16 @@ def _problems_from(exc: BaseException, config: dict[str, Any], version: str) -> 
 
 def deepspeed_problems(config: dict[str, Any], topo: Topology,
                        known: list[Problem]) -> tuple[list[Problem], str | None]:
-    """Returns (problems, note); the note says why DeepSpeed's check did not run, if it did not."""
+    """Returns (problems, note); the note says why DeepSpeed's check did not run, if it did not.
+
+    DeepSpeed logs to stdout (its handler binds the stream when it is first imported): importing and
+    running it with stdout sent to stderr keeps every command's stdout for its own output (--json)."""
+    with contextlib.redirect_stdout(sys.stderr):
+        return _deepspeed_problems(config, topo, known)
+
+
+def _deepspeed_problems(config: dict[str, Any], topo: Topology,
+                        known: list[Problem]) -> tuple[list[Problem], str | None]:
     try:
         import deepspeed
         from deepspeed.runtime import config as ds_config_module

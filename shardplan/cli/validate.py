@@ -1,15 +1,12 @@
 """`shardplan validate`: check DeepSpeed config files (schema, cross-field rules, DeepSpeed's own parser)."""
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 from pathlib import Path
 
 import click
 
-from shardplan.launch.cli import main
-from shardplan.planner.layout import Layout
 
 
 def _positive(ctx, param, value):
@@ -18,7 +15,7 @@ def _positive(ctx, param, value):
     return value
 
 
-@main.command(context_settings={"max_content_width": 100})
+@click.command(context_settings={"max_content_width": 100})
 @click.argument("files", nargs=-1, required=True, type=click.Path())
 @click.option("--world-size", type=int, callback=_positive, default=None,
               help="Total number of GPUs (processes). Default: what the batch numbers imply, else tp*pp.")
@@ -56,9 +53,7 @@ def validate(files, world_size, tp, pp, heads, allow_auto, no_deepspeed, strict,
       shardplan validate configs/*.json --strict --json > report.json
       shardplan validate hf_ds_config.json --allow-auto      # a Hugging Face Trainer config
     """
-    # DeepSpeed logs to stdout (its accelerator notice at import): keep stdout for our report (--json is parsed).
-    with contextlib.redirect_stdout(sys.stderr):
-        results, unreadable = _validate_all(files, world_size, tp, pp, heads, allow_auto, no_deepspeed, as_json)
+    results, unreadable = _validate_all(files, world_size, tp, pp, heads, allow_auto, no_deepspeed, as_json)
     failed = any(not (r.ok_strict() if strict else r.ok) for r in results)
     if as_json:
         passed = [{**r.to_dict(), "passed": r.ok_strict() if strict else r.ok} for r in results]
@@ -104,19 +99,21 @@ def _validate_all(files, world_size, tp, pp, heads, allow_auto, no_deepspeed, as
 def _from_run_dir(run_dir: Path, sizes: dict) -> tuple[Path, dict]:
     """A render run directory: check its ds_config.json with the sizes its plan.json records (the contract in
     CONTRACTS.md: plan["best"]["layout"] and plan["best"]["model"]); explicit options win."""
-    plan_path = run_dir / "plan.json"
+    from shardplan.launch import rundir
+
+    ds_config = run_dir / rundir.DS_CONFIG
+    if not (run_dir / rundir.PLAN).is_file():
+        return ds_config, sizes
     try:
-        best = json.loads(plan_path.read_text(encoding="utf-8"))["best"]
-        layout = Layout.from_dict(best["layout"])
+        plan = rundir.read_plan(run_dir, need=("model", "layout"))
+        layout = rundir.plan_layout(plan, run_dir)
         from_plan = {"world_size": layout.world_size, "tp": layout.tp, "pp": layout.pp,
-                     "heads": best["model"]["n_heads"]}
-    except FileNotFoundError:
-        return run_dir / "ds_config.json", sizes
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise click.UsageError(f"{plan_path}: not a shardplan plan.json ({type(e).__name__}: {e})") from None
+                     "heads": plan["best"]["model"]["n_heads"]}
+    except (ValueError, KeyError, TypeError) as e:
+        raise click.UsageError(f"{run_dir / rundir.PLAN}: not a shardplan plan.json ({type(e).__name__}: {e})") from None
     defaults = {"world_size": None, "tp": 1, "pp": 1, "heads": None}
     merged = {k: (sizes[k] if sizes[k] != defaults[k] else from_plan[k]) for k in defaults}
-    return run_dir / "ds_config.json", merged
+    return ds_config, merged
 
 
 def _print_result(r, strict: bool) -> None:

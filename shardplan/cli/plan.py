@@ -5,34 +5,14 @@ interpreter): json and rich are imported only by the paths that print with them.
 """
 from __future__ import annotations
 
-import sys
-
 import click
 
-from shardplan.launch.cli import main
-from shardplan.launch.plan_inputs import (PlanError, build_layout, common_options, inputs_from_options,
-                                          resolve_request)
+from shardplan.cli.options import ESTIMATE_DEFAULTS, PlanError, common_options, inputs_from_options, layout_options
+from shardplan.launch.inputs import build_layout, resolve_request
+from shardplan.planner.layout import LAYOUT_FLAGS, field_name
 
-LAYOUT_KEYS = ("dp", "tp", "pp", "zero", "micro_batch", "grad_accum", "checkpointing", "offload")
-
-
-def _choice(values):
-    return click.Choice(values, case_sensitive=False)
-
-
-def constraint_options(f):
-    for option in reversed([
-        click.option("--tp", type=int, help="Fix the tensor-parallel degree."),
-        click.option("--pp", type=int, help="Fix the pipeline-parallel degree."),
-        click.option("--zero", type=click.IntRange(0, 3), help="Fix the ZeRO stage (0-3)."),
-        click.option("--micro-batch", type=int, help="Fix the micro-batch (sequences per GPU per pass)."),
-        click.option("--checkpointing", type=_choice(["none", "full", "selective"]),
-                     help="Fix activation checkpointing (searched: none, full)."),
-        click.option("--offload", type=_choice(["none", "optimizer", "optimizer+params"]),
-                     help="Fix CPU offload (default: only when nothing fits without it)."),
-    ]):
-        f = option(f)
-    return f
+# The layout choices plan's search can hold fixed (dp and grad_accum follow from them and the batch).
+SEARCHABLE = ("tp", "pp", "zero", "micro_batch", "checkpointing", "offload")
 
 
 def _emit_json(obj) -> None:
@@ -50,12 +30,13 @@ def _console():
     return console
 
 
-@main.command()
+@click.command()
 @common_options
-@constraint_options
+@layout_options(SEARCHABLE, notes={"checkpointing": " (searched: none, full)",
+                                   "offload": " (default: only when nothing fits without it)"})
 @click.option("--top", type=click.IntRange(0, 100), default=5, show_default=True,
               help="How many next-best alternatives (one per distinct zero/tp/pp/ckpt/offload family).")
-def plan(top, tp, pp, zero, micro_batch, checkpointing, offload, **opts):
+def plan(top, **opts):
     """Search every layout of MODEL on CLUSTER, rank what fits by predicted tokens/s, explain the winner.
 
     \b
@@ -73,31 +54,23 @@ def plan(top, tp, pp, zero, micro_batch, checkpointing, offload, **opts):
     (8 sequences per process on CPU processes).
     Exit code 2 when nothing fits, with what would (more GPUs, offload, a larger card).
     """
-    from shardplan.planner.search import plan as search_plan
+    from shardplan.planner.plan import plan as search_plan
 
+    fixed = {field_name(k): opts.pop(k) for k in SEARCHABLE}
     model, cluster, training, headroom = inputs_from_options(opts)
     with PlanError.boundary():
-        result = search_plan(model, cluster, training, headroom=headroom, tp=tp, pp=pp, zero_stage=zero,
-                             micro_batch=micro_batch, checkpointing=checkpointing, offload=offload, top=top)
+        result = search_plan(model, cluster, training, headroom=headroom, top=top, **fixed)
     if opts["as_json"]:
         _emit_json(result.to_dict())
     else:
-        from shardplan.planner.report import print_plan
+        from shardplan.cli.plan_print import print_plan
 
         print_plan(result, _console())
 
 
-@main.command()
+@click.command()
 @common_options
-@click.option("--dp", type=int, help="Data-parallel degree (default: GPUs / (tp·pp)).")
-@click.option("--tp", type=int, default=1, show_default=True, help="Tensor-parallel degree.")
-@click.option("--pp", type=int, default=1, show_default=True, help="Pipeline-parallel degree.")
-@click.option("--zero", type=click.IntRange(0, 3), default=0, show_default=True, help="ZeRO stage.")
-@click.option("--micro-batch", type=int, default=1, show_default=True, help="Sequences per GPU per pass.")
-@click.option("--grad-accum", type=int, help="Micro-batches per step (default: from --global-batch, else 1).")
-@click.option("--checkpointing", type=_choice(["none", "full", "selective"]), default="none", show_default=True)
-@click.option("--offload", type=_choice(["none", "optimizer", "optimizer+params"]), default="none",
-              show_default=True)
+@layout_options(defaults=ESTIMATE_DEFAULTS)
 @click.option("--batch", "batch_file", type=click.File("r"),
               help="JSON lines of requests ('-' = stdin); prints one result object per line.")
 def estimate(batch_file, **opts):
@@ -117,10 +90,10 @@ def estimate(batch_file, **opts):
     Keys use the flags' names (dashes or underscores); what a line leaves out comes from the flags.
     A bad line prints {"error": ..., "line": N}; the exit code is then 2, after every line.
     """
-    layout_opts = {k: opts.pop(k) for k in LAYOUT_KEYS}
+    layout_opts = {k: opts.pop(k) for k in LAYOUT_FLAGS}
     if batch_file is not None:
         return _estimate_batch(batch_file, opts, layout_opts)
-    from shardplan.planner.search import evaluate
+    from shardplan.planner.evaluate import evaluate
 
     model, cluster, training, headroom = inputs_from_options(opts)
     with PlanError.boundary():
@@ -129,7 +102,7 @@ def estimate(batch_file, **opts):
     if opts["as_json"]:
         _emit_json(result.to_dict())
     else:
-        from shardplan.planner.report import estimate_summary
+        from shardplan.cli.plan_print import estimate_summary
 
         estimate_summary(result, _console(), title="Estimate")
 
@@ -137,7 +110,7 @@ def estimate(batch_file, **opts):
 def _estimate_batch(stream, opts: dict, layout_opts: dict) -> None:
     import json
 
-    from shardplan.planner.search import evaluate
+    from shardplan.planner.evaluate import evaluate
 
     failed, cache, total = 0, {}, 0
     for number, line in enumerate(stream, 1):
@@ -156,7 +129,7 @@ def _estimate_batch(stream, opts: dict, layout_opts: dict) -> None:
         raise PlanError(f"{failed} of {total} requests failed; see the objects with \"error\" (their \"line\")")
 
 
-@main.command()
+@click.command()
 @common_options
 def compare(**opts):
     """The parallelization methods side by side for MODEL on CLUSTER.
@@ -184,10 +157,7 @@ def compare(**opts):
     if opts["as_json"]:
         _emit_json([{"method": name, **e.to_dict()} for name, e in rows])
     else:
-        from shardplan.planner.report import print_compare
+        from shardplan.cli.plan_print import print_compare
 
         print_compare(rows, _console())
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -3,30 +3,13 @@ from __future__ import annotations
 
 import json
 import shlex
+from pathlib import Path
 
 import click
 
-from shardplan.launch.cli import main
-from shardplan.launch.plan_inputs import PlanError, common_options
+from shardplan.cli.options import PlanError, common_options, layout_options
 from shardplan.planner.cluster import GiB
-
-LAYOUT_FLAGS = ("dp", "tp", "pp", "zero", "micro_batch", "grad_accum", "checkpointing", "offload")
-
-
-def _layout_options(f):
-    choice = lambda values: click.Choice(values, case_sensitive=False)  # noqa: E731
-    for option in reversed([
-        click.option("--dp", type=int, help="Fix the data-parallel degree."),
-        click.option("--tp", type=int, help="Fix the tensor-parallel degree."),
-        click.option("--pp", type=int, help="Fix the pipeline-parallel degree."),
-        click.option("--zero", type=click.IntRange(0, 3), help="Fix the ZeRO stage (0-3)."),
-        click.option("--micro-batch", type=int, help="Fix the micro-batch (sequences per GPU per pass)."),
-        click.option("--grad-accum", type=int, help="Fix the gradient accumulation steps."),
-        click.option("--checkpointing", type=choice(["none", "full", "selective"]), help="Fix activation checkpointing."),
-        click.option("--offload", type=choice(["none", "optimizer", "optimizer+params"]), help="Fix CPU offload."),
-    ]):
-        f = option(f)
-    return f
+from shardplan.planner.layout import LAYOUT_FLAGS
 
 
 def _command_line(ctx: click.Context) -> str:
@@ -51,7 +34,7 @@ def _command_line(ctx: click.Context) -> str:
 
 
 def _read_hostfile(path) -> tuple[str, ...]:
-    from shardplan.planner.detect import read_hostfile  # the same parser --cluster auto and launch use
+    from shardplan.launch.inventory import read_hostfile  # the same parser --cluster auto and launch use
 
     try:
         return tuple(host for host, _ in read_hostfile(path))
@@ -59,11 +42,11 @@ def _read_hostfile(path) -> tuple[str, ...]:
         raise PlanError(f"--hostfile: {e}") from None
 
 
-@main.command()
+@click.command()
 @click.option("--from", "from_plan", type=click.Path(exists=True, dir_okay=False),
               help="Start from this plan.json (of `plan --json` or a run directory) instead of planning.")
 @common_options
-@_layout_options
+@layout_options()
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Run directory to write.")
 @click.option("--force", is_flag=True, help="Replace a non-empty run directory.")
 @click.option("--hosts", help="Comma-separated host names, one per node (hostfile, multi-node launchers).")
@@ -93,12 +76,7 @@ def render(ctx, from_plan, out, force, hosts, hostfile, partition, time_limit, a
     choice and re-evaluate. Every file is rendered from templates/, the ds_config is validated (schema,
     cross-field rules, DeepSpeed's parser) before anything is written, and the directory appears atomically.
     """
-    from pathlib import Path
-
-    from shardplan.launch.ds_config import Schedule
-    from shardplan.launch.render import RenderError, RenderOptions
-    from shardplan.launch.render import render as render_run
-    from shardplan.launch.render_plan import choose_estimate
+    from shardplan.launch.render import RenderOptions, Schedule
 
     layout_flags = {k: opts.pop(k) for k in LAYOUT_FLAGS}
     if hosts and hostfile:
@@ -106,20 +84,38 @@ def render(ctx, from_plan, out, force, hosts, hostfile, partition, time_limit, a
     host_list = tuple(h.strip() for h in hosts.split(",") if h.strip()) if hosts else ()
     if hostfile:
         host_list = _read_hostfile(Path(hostfile))
+    given = frozenset(name for name in ctx.params if ctx.get_parameter_source(name).name == "COMMANDLINE")
     with PlanError.boundary():
-        given = frozenset(name for name in ctx.params if ctx.get_parameter_source(name).name == "COMMANDLINE")
-        plan_dict, est = choose_estimate(opts, layout_flags, from_plan=from_plan, given=given)
         options = RenderOptions(out=Path(out), force=force, schedule=Schedule(steps=steps, lr=lr), hosts=host_list,
                                 master_port=master_port, partition=partition, time=time_limit, account=account,
                                 cpus_per_task=cpus_per_task or 0, data=data or "", tokenizer=tokenizer or "",
                                 command=_command_line(ctx))
+    result, est = render_run_dir(opts, layout_flags, options, from_plan=from_plan, given=given)
+    print_rendered(result, est, as_json)
+
+
+def render_run_dir(opts: dict, layout_flags: dict, options, *, from_plan=None, given: frozenset = frozenset()):
+    """Plan (or read a plan.json, with the layout flags fixed) and write the run directory.
+
+    What `render` and `launch --model` both do. opts: the common options' values (what is missing takes
+    its default); layout_flags: flag -> value, None = not fixed. Returns (RenderResult, Estimate); PlanError
+    (exit 2) on bad input. Warns on stderr when the chosen layout is predicted not to fit."""
+    from shardplan.launch.render import RenderError, render
+    from shardplan.launch.render.choose import choose_estimate
+
+    with PlanError.boundary():
+        plan_dict, est = choose_estimate(opts, layout_flags, from_plan=from_plan, given=given)
         try:
-            result = render_run(plan_dict, est, options)
+            result = render(plan_dict, est, options)
         except RenderError as e:
             raise PlanError(str(e)) from None
     if not est.fits:
         click.echo(f"warning: the chosen layout is predicted not to fit: {est.memory.peak_bytes / GiB:.1f} GiB "
                    f"peak of {est.memory.capacity_bytes / GiB:.1f} GiB per GPU", err=True)
+    return result, est
+
+
+def print_rendered(result, est, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"run_dir": str(result.run_dir), "files": list(result.files),
                                "layout": est.layout.to_dict(), "fits": est.fits}, indent=2))

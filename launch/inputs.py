@@ -1,34 +1,24 @@
-"""The planner's inputs from command-line options (and --batch request lines): model, cluster, training.
+"""The planner's inputs from option values (the command line's, or a --batch request line's): model,
+cluster (--cluster auto asks this machine through launch/inventory), training, headroom and layout.
 
-Shared by `plan`, `estimate`, `compare` (and `render`, which plans too): `@common_options` adds the flags,
-`inputs_from_options(opts)` turns them into (ModelSpec, Cluster, Training, headroom) or exits 2 with one line.
+Shared by `plan`, `estimate`, `compare` and `render` (which plans too, or re-plans from a plan.json). Errors
+are ValueErrors naming the value and the fix; the CLI turns them into one line and exit 2.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import re
 
-import click
+from shardplan.planner import get_model
+from shardplan.planner.cluster import OVERRIDES as CLUSTER_OVERRIDES
+from shardplan.planner.estimate import Training
+from shardplan.planner.layout import LAYOUT_FLAGS, Layout, flag_name
+from shardplan.planner.model import ModelSpec
+from shardplan.planner.presets import apply_overrides
+
 
 MODEL_OVERRIDES = ("layers", "hidden", "heads", "kv_heads", "ffn_hidden", "vocab", "seq_len")
-CLUSTER_OVERRIDES = ("gpu_memory", "intra_node_bw", "inter_node_bw")
 SUFFIX = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}
-
-
-class PlanError(click.ClickException):
-    """Bad input or nothing fits: one line on stderr, exit code 2, no traceback."""
-
-    exit_code = 2
-
-    @classmethod
-    @contextlib.contextmanager
-    def boundary(cls):
-        """Turn the planner's ValueError (NothingFits included) into this exception at the CLI boundary."""
-        try:
-            yield
-        except ValueError as err:
-            raise cls(str(err)) from None
 
 
 def parse_tokens(text: str) -> int:
@@ -60,44 +50,9 @@ def parse_gb(name: str, text) -> float:
     return float(match.group(1)) * (2**30 / 1e9 if match.group(2) == "GIB" else 1)
 
 
-def common_options(f):
-    """--model, its overrides, --cluster, its overrides, training and output flags."""
-    options = [
-        click.option("--model", "-m", required=False, help="Preset (gpt2-xl, llama-3-70b, ...), a HF config.json "
-                     "or model directory."),
-        click.option("--layers", type=int, help="Override the number of layers."),
-        click.option("--hidden", type=int, help="Override the hidden size."),
-        click.option("--heads", type=int, help="Override the attention heads."),
-        click.option("--kv-heads", type=int, help="Override the key/value heads (GQA)."),
-        click.option("--ffn-hidden", type=int, help="Override the MLP width."),
-        click.option("--vocab", type=int, help="Override the vocabulary size."),
-        click.option("--seq-len", type=int, help="Override the model's max positions."),
-        click.option("--cluster", "-c", default="auto", show_default=True,
-                     help="[NODESx]GPUSxTYPE (1xH200, 4x8xH100-80GB) or auto (nvidia-smi, SLURM, hostfile, CPU)."),
-        click.option("--gpus", type=int, help="Use only this many of the cluster's GPUs (whole nodes, or part of one)."),
-        click.option("--gpu-memory", help="Override GPU memory, GB (e.g. 80 or 75GB)."),
-        click.option("--intra-node-bw", type=float, help="Override NVLink bandwidth per GPU, GB/s."),
-        click.option("--inter-node-bw", type=float, help="Override bandwidth between nodes per GPU, GB/s."),
-        click.option("--seq", type=int, help="Training sequence length (default: the model's usual one)."),
-        click.option("--global-batch", type=int, help="Sequences per optimizer step (default: see plan --help)."),
-        click.option("--global-batch-tokens", help="Tokens per optimizer step instead, e.g. 2M (= 2·2^20)."),
-        click.option("--precision", type=click.Choice(["bf16", "fp16", "fp32"]), default="bf16", show_default=True),
-        click.option("--headroom", default="10%", show_default=True,
-                     help="Memory kept free on each GPU (fragmentation, CUDA context): 10% or 0.1."),
-        click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON."),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
-
-
 def load_model(name, overrides: dict):
-    from shardplan.planner import get_model
-
+    """A preset name, a HF config.json / model directory, or a plan.json "model" dict; with the overrides."""
     if isinstance(name, dict):
-        from shardplan.planner.model import ModelSpec
-        from shardplan.planner.presets import apply_overrides
-
         return apply_overrides(ModelSpec.from_dict(name), **overrides)
     if not name:
         raise ValueError("no model: give --model with a preset name (e.g. gpt2-xl) or a config.json path")
@@ -105,21 +60,22 @@ def load_model(name, overrides: dict):
 
 
 def load_cluster(spec: str, overrides: dict):
-    from shardplan.planner import get_cluster
+    """The --cluster value (auto: this machine's inventory) with --gpu-memory/--intra-node-bw/--inter-node-bw."""
+    from .inventory import get_cluster  # here: `plan --cluster 4x8xH100` need not load the hardware probes
 
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"cluster({spec!r}) must be a spec such as 1xH200 or 4x8xH100-80GB, or auto")
-    cluster = get_cluster(spec)
-    memory, intra, inter = (overrides.get(k) for k in CLUSTER_OVERRIDES)
-    gpu = cluster.gpu
-    if memory is not None:
-        gpu = dataclasses.replace(gpu, memory_bytes=int(parse_gb("gpu_memory", memory) * 1e9))
-    if intra is not None:
-        gpu = dataclasses.replace(gpu, nvlink_gbps=_positive("intra_node_bw", intra))
-    changes = {"gpu": gpu}
-    if inter is not None:
-        changes["inter_node_gbps"] = _positive("inter_node_bw", inter)
-    return dataclasses.replace(cluster, **changes)
+    return get_cluster(spec).with_overrides(**cluster_overrides(overrides))
+
+
+def cluster_overrides(overrides: dict) -> dict:
+    """The cluster overrides as Cluster.with_overrides takes them: --gpu-memory may say "80GB"; None = unset."""
+    given = {k: overrides.get(k) for k in CLUSTER_OVERRIDES}
+    if given["gpu_memory"] is not None:
+        given["gpu_memory"] = parse_gb("gpu_memory", given["gpu_memory"])
+    for name in ("intra_node_bw", "inter_node_bw"):
+        _positive(name, given[name])
+    return given
 
 
 def use_gpus(cluster, gpus: int):
@@ -135,15 +91,13 @@ def use_gpus(cluster, gpus: int):
                      f"below {cluster.gpus_per_node} (part of one node) or a multiple of {cluster.gpus_per_node}")
 
 
-def _positive(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+def _positive(name: str, value) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
         raise ValueError(f"{name}({value!r}) must be a positive number of GB/s")
-    return float(value)
 
 
 def build_training(model, seq=None, global_batch=None, global_batch_tokens=None, precision="bf16"):
-    from shardplan.planner.estimate import Training
-
+    """Training from --seq (default: the model's usual length), --global-batch or --global-batch-tokens."""
     seq = seq or getattr(model, "default_seq_len", 0) or model.max_seq_len
     if model.arch == "gpt2" and seq > model.max_seq_len:
         raise ValueError(f"seq({seq}) exceeds {model.name}'s {model.max_seq_len} learned positions; "
@@ -159,22 +113,19 @@ def build_training(model, seq=None, global_batch=None, global_batch_tokens=None,
 
 
 def inputs_from_options(opts: dict):
-    """(model, cluster, training, headroom) from the common options; PlanError (exit 2) on bad input."""
-    with PlanError.boundary():
-        model = load_model(opts.get("model"), {k: opts.get(k) for k in MODEL_OVERRIDES})
-        cluster = load_cluster(opts.get("cluster"), {k: opts.get(k) for k in CLUSTER_OVERRIDES})
-        if opts.get("gpus") is not None:
-            cluster = use_gpus(cluster, opts["gpus"])
-        training = build_training(model, opts.get("seq"), opts.get("global_batch"), opts.get("global_batch_tokens"),
-                                  opts.get("precision") or "bf16")
-        headroom = parse_headroom(opts.get("headroom", "10%"))
+    """(model, cluster, training, headroom) from the common options' values; ValueError on bad input."""
+    model = load_model(opts.get("model"), {k: opts.get(k) for k in MODEL_OVERRIDES})
+    cluster = load_cluster(opts.get("cluster"), {k: opts.get(k) for k in CLUSTER_OVERRIDES})
+    if opts.get("gpus") is not None:
+        cluster = use_gpus(cluster, opts["gpus"])
+    training = build_training(model, opts.get("seq"), opts.get("global_batch"), opts.get("global_batch_tokens"),
+                              opts.get("precision") or "bf16")
+    headroom = parse_headroom(opts.get("headroom", "10%"))
     return model, cluster, training, headroom
 
 
 def build_layout(cluster, training, given: dict):
     """A Layout from flag values: dp defaults to GPUs/(tp·pp), grad_accum to what reaches the global batch."""
-    from shardplan.planner.layout import Layout
-
     tp, pp, micro = given.get("tp") or 1, given.get("pp") or 1, given.get("micro_batch") or 1
     dp = given.get("dp")
     if dp is None:
@@ -197,8 +148,8 @@ def _keys(d, what: str, known) -> dict:
     if not isinstance(d, dict):
         raise ValueError(f"{what} must be a JSON object")
     out = {str(k).replace("-", "_"): v for k, v in d.items()}
-    if "zero_stage" in out and what == "layout":
-        out["zero"] = out.pop("zero_stage")
+    if what == "layout":
+        out = {flag_name(k): v for k, v in out.items()}
     if what == "training" and "seq_len" in out:
         out["seq"] = out.pop("seq_len")
     unknown = sorted(set(out) - set(known))
@@ -213,8 +164,7 @@ def resolve_request(request, opts: dict, layout_opts: dict, cache: dict):
     overrides = _keys(request.get("overrides", {}), "overrides", MODEL_OVERRIDES + CLUSTER_OVERRIDES)
     training = _keys(request.get("training", {}), "training",
                      ("seq", "global_batch", "global_batch_tokens", "precision", "headroom"))
-    layout = _keys(request.get("layout", {}), "layout", ("dp", "tp", "pp", "zero", "micro_batch", "grad_accum",
-                                                         "checkpointing", "offload"))
+    layout = _keys(request.get("layout", {}), "layout", LAYOUT_FLAGS)
     name = request.get("model", opts.get("model"))
     model_over = {k: overrides.get(k, opts.get(k)) for k in MODEL_OVERRIDES}
     key = ("model", repr(name), tuple(sorted(model_over.items())))

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from . import jobs, ranks, slurm
-from .commands import LOG_DIR
+from ..rundir import LOG_DIR
 from .jobs import JobRecord
 from .preflight import load_run_dir
 

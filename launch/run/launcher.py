@@ -17,7 +17,8 @@ from pathlib import Path
 
 from . import jobs, ranks, slurm
 from .progress import MetricsTail, Progress
-from .commands import LOG_DIR, Command, command_for, deepspeed_command, torchrun_command
+from ..commands import Command, command_for, deepspeed_command, torchrun_command
+from ..rundir import CHECKPOINTS, LOG_DIR, METRICS, has_checkpoint
 from .jobs import CANCELLED, COMPLETED, FAILED, RUNNING, JobRecord
 from .preflight import RunDir
 
@@ -170,7 +171,7 @@ def _shell_code(rc: int) -> int:
 def report_outcome(job: JobRecord, echo, run_dir: Path, launcher_log: Path | None = None) -> None:
     took = f"{jobs.elapsed(job):.0f}s"
     if job.state == COMPLETED:
-        echo(f"COMPLETED in {took}. metrics: {run_dir / 'metrics.jsonl'}  checkpoints: {run_dir / 'checkpoints'}")
+        echo(f"COMPLETED in {took}. metrics: {run_dir / METRICS}  checkpoints: {run_dir / CHECKPOINTS}")
         return
     where = (f"; log: {job.failed_log}" if job.failed_log
              else f"; launcher log: {launcher_log}" if launcher_log else "")
@@ -178,7 +179,7 @@ def report_outcome(job: JobRecord, echo, run_dir: Path, launcher_log: Path | Non
     if job.state == FAILED and job.failed_log:
         for line in ranks.tail(Path(job.failed_log), 5):
             echo(f"  | {line}")
-    if job.state == FAILED:
+    if job.state == FAILED and has_checkpoint(run_dir):
         echo(f"continue from the last checkpoint: shardplan launch {run_dir} --resume")
 
 
@@ -287,7 +288,7 @@ def status(run_dir: Path) -> dict:
                             f"({state.reason}); the state shown is the one `launch --follow` recorded")
     else:
         info.update(pid=job.pid, state=jobs.local_state(job), exit_code=job.exit_code, source="pid")
-    tail = MetricsTail(run_dir / "metrics.jsonl")
+    tail = MetricsTail(run_dir / METRICS)
     tail.offset = 0
     rows = [r for r in tail.poll() if "step" in r]
     if rows:

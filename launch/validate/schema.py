@@ -6,7 +6,7 @@ import json
 from functools import lru_cache
 from typing import Any, Iterable
 
-from shardplan.launch.validate import Problem
+from .problems import Problem
 
 _JSON_TYPES = {"integer": "an integer", "number": "a number", "boolean": "true or false", "string": "a string",
                "object": "an object {...}", "array": "a list [...]", "null": "null"}

@@ -1,0 +1,59 @@
+"""One layout -> Estimate: check that the layout can run on this model and cluster, then predict its memory
+and step time. The search, compare and suggestions all score layouts through here."""
+from __future__ import annotations
+
+import dataclasses
+
+from .cluster import Cluster
+from .estimate import Estimate, MemoryBreakdown, Training
+from .layout import Layout, divisors
+from .memory import estimate_memory
+from .model import ModelSpec
+from .timing import estimate_time
+
+
+def usable_bytes(capacity: int, headroom: float) -> float:
+    return capacity * (1 - headroom)
+
+
+def check_layout(model: ModelSpec, cluster: Cluster, layout: Layout) -> None:
+    """Raise ValueError naming the value and the fix when the layout cannot run on this model and cluster."""
+    if layout.world_size != cluster.world_size:
+        raise ValueError(f"dp({layout.dp})·tp({layout.tp})·pp({layout.pp}) = {layout.world_size} must equal the "
+                         f"cluster's {cluster.world_size} GPUs ({cluster.spec}); leave --dp out to derive it")
+    if layout.tp > cluster.gpus_per_node or cluster.gpus_per_node % layout.tp:
+        raise ValueError(f"tp({layout.tp}) must divide the {cluster.gpus_per_node} GPUs of a node: tensor "
+                         "parallelism all-reduces every layer and stays on NVLink")
+    for name, heads in (("n_heads", model.n_heads), ("n_kv_heads", model.n_kv_heads)):
+        if heads % layout.tp:
+            raise ValueError(f"tp({layout.tp}) must divide {name}({heads}) of {model.name}; "
+                             f"use --tp in {[t for t in divisors(heads) if t <= cluster.gpus_per_node]}")
+    if model.n_layers % layout.pp:
+        raise ValueError(f"pp({layout.pp}) must divide n_layers({model.n_layers}) of {model.name} (even stages); "
+                         f"use --pp in {divisors(model.n_layers)[:8]}")
+
+
+def evaluate(model: ModelSpec, cluster: Cluster, layout: Layout, training: Training,
+             headroom: float = 0.1) -> Estimate:
+    """Memory and step time of one layout. training.global_batch 0 means the layout's own."""
+    check_headroom(headroom)
+    check_layout(model, cluster, layout)
+    if training.global_batch == 0:
+        training = dataclasses.replace(training, global_batch=layout.global_batch)
+    elif training.global_batch != layout.global_batch:
+        raise ValueError(
+            f"global batch {training.global_batch} != micro_batch({layout.micro_batch})·grad_accum"
+            f"({layout.grad_accum})·dp({layout.dp}) = {layout.global_batch}; change --grad-accum or --global-batch")
+    return estimate_layout(model, cluster, layout, training, headroom)
+
+
+def estimate_layout(model, cluster, layout, training, headroom, memory: MemoryBreakdown | None = None) -> Estimate:
+    """The Estimate of a layout already checked (memory given when the search has it already)."""
+    memory = memory or estimate_memory(model, cluster, layout, training)
+    return Estimate(model, cluster, layout, training, memory, estimate_time(model, cluster, layout, training),
+                    headroom)
+
+
+def check_headroom(headroom: float) -> None:
+    if not 0 <= headroom < 1:
+        raise ValueError(f"headroom({headroom!r}) must be a fraction in [0, 1), e.g. 0.1 for 10%")
