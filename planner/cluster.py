@@ -25,6 +25,9 @@ class GPUType:
     # Achieved fraction of bf16 peak for large GEMMs (matmul ceiling); measured where we could.
     matmul_efficiency: float = 0.8
     bf16_native: bool = True    # False: no bf16 tensor cores (V100, T4); bf16_tflops is then what emulation gets
+    # The other efficiency constants of the time model that a calibration profile may fit (planner/calibration.py):
+    hbm_efficiency: float = 0.8     # achievable share of peak HBM bandwidth for streaming kernels (STREAM-like)
+    host_overhead: float = 1.0      # host (Python + launch) seconds per op relative to the calibration host's
 
     def __post_init__(self) -> None:
         for f in ("memory_bytes", "bf16_tflops", "fp16_tflops", "fp32_tflops", "hbm_gbps", "nvlink_gbps"):
@@ -33,6 +36,10 @@ class GPUType:
                 raise ValueError(f"GPU {self.name}: {f}({v!r}) must be a positive number")
         if not 0 < self.matmul_efficiency <= 1:
             raise ValueError(f"GPU {self.name}: matmul_efficiency({self.matmul_efficiency!r}) must be in (0, 1]")
+        if not 0 < self.hbm_efficiency <= 1:
+            raise ValueError(f"GPU {self.name}: hbm_efficiency({self.hbm_efficiency!r}) must be in (0, 1]")
+        if not self.host_overhead > 0:
+            raise ValueError(f"GPU {self.name}: host_overhead({self.host_overhead!r}) must be positive")
 
     @property
     def is_cpu(self) -> bool:

@@ -19,7 +19,7 @@ from .model import ModelSpec
 TILE_M, TILE_N = 128, 256       # cuBLAS/CUTLASS bf16 tile on Hopper (a 128x128 tile on older cards)
 K_FILL = 512                    # K elements of main loop that one tile's prologue+epilogue cost
 K_CEILING = 8192                # the matmul ceiling (GPUType.matmul_efficiency) was measured at 8192^3
-HBM_EFFICIENCY = 0.8            # achievable share of peak HBM bandwidth for streaming kernels (STREAM-like)
+HBM_EFFICIENCY = GPUType.hbm_efficiency  # the catalog's default share of peak HBM bandwidth (calibration may fit it)
 FLASH_EFFICIENCY = 0.3          # FlashAttention-2 share of the dense peak at head_dim 64-128 (Dao 2023, fig. 5)
 KERNEL_GPU_S = 3e-6             # the smallest kernel's time on the GPU (launch + ramp)
 
@@ -58,7 +58,7 @@ def gemm_s(gpu: GPUType, m: int, n: int, k: int, precision: str = "bf16") -> flo
     wave_eff = min(1.0, _wave_efficiency(m, n, sms) / _wave_efficiency(K_CEILING, K_CEILING, sms))
     fill = (k / (k + K_FILL)) / (K_CEILING / (K_CEILING + K_FILL))
     flops_s = 2.0 * m * n * k / (peak * wave_eff * min(1.0, fill))
-    bytes_s = elem * (m * k + k * n + m * n) / (gpu.hbm_gbps * 1e9 * HBM_EFFICIENCY)
+    bytes_s = elem * (m * k + k * n + m * n) / (gpu.hbm_gbps * 1e9 * gpu.hbm_efficiency)
     return max(flops_s, bytes_s, KERNEL_GPU_S)
 
 
@@ -120,7 +120,7 @@ def microbatch_gpu_s(gpu: GPUType, model: ModelSpec, layers: int, micro_batch: i
     """One micro-batch forward + backward on one pipeline stage. recompute: none | full | selective."""
     tokens = micro_batch * seq
     act_b = 2 if precision in ("bf16", "fp16") or engine == "torch" else 4
-    bw = gpu.hbm_gbps * 1e9 * HBM_EFFICIENCY
+    bw = gpu.hbm_gbps * 1e9 * gpu.hbm_efficiency
     mm_prec = "bf16" if engine == "torch" else precision
     shapes = layer_gemms(model, tokens, tp)
     gemm = fwd_bwd_gemm_s(gpu, shapes, mm_prec)

@@ -23,7 +23,7 @@ from .cluster import Cluster
 from .comm import step_comm
 from .ds_knobs import zero_knobs
 from .estimate import TimeBreakdown, Training
-from .gpu_time import HBM_EFFICIENCY, KERNEL_GPU_S, microbatch_gpu_s
+from .gpu_time import KERNEL_GPU_S, microbatch_gpu_s
 from .layout import Layout
 from .model import ModelSpec
 from .stage import stage_shape
@@ -104,24 +104,25 @@ def estimate_time(model: ModelSpec, cluster: Cluster, layout: Layout, training: 
     ops = shape.layers * (OPS_PER_LAYER + AUTOCAST_OPS_PER_LAYER * autocast) + OPS_HEAD + AUTOCAST_OPS_HEAD * autocast
     recompute_ops = 16 + AUTOCAST_OPS_PER_LAYER // 2 * autocast        # the block's forward again
     ckpt_host = shape.layers * (CKPT_BLOCK_S + recompute_ops * HOST_OP_S) if layout.checkpointing == "full" else 0.0
-    mb_host = ops * HOST_OP_S + ckpt_host
+    hs = gpu.host_overhead     # a calibration profile's host speed (1.0: the calibration host's)
+    mb_host = (ops * HOST_OP_S + ckpt_host) * hs
     gpu_fb, host_fb = m * mb_gpu, m * mb_host
     tensors = n_param_tensors(model, shape.layers, shape.has_embedding, shape.has_head)
     local = shape.params // (dp if z >= 1 else 1)
-    bw = gpu.hbm_gbps * 1e9 * HBM_EFFICIENCY
+    bw = gpu.hbm_gbps * 1e9 * gpu.hbm_efficiency
     act_bytes = 2 if training.precision in ("bf16", "fp16") else 4
     offload_s = serial_s = zero_gpu = 0.0
     knobs = zero_knobs(model.hidden, z, training.zero_buckets, not gpu.is_cpu)
     if engine == "torch":
-        opt_gpu, opt_host_serial, ds_host = shape.params * ADAMW_FUSED_BYTES / bw, 10 * TENSOR_OP_S, 0.0
+        opt_gpu, opt_host_serial, ds_host = shape.params * ADAMW_FUSED_BYTES / bw, 10 * TENSOR_OP_S * hs, 0.0
     elif z in (1, 2):
         ds_host, zero_gpu, serial_s, opt_gpu = _zero12_step(tensors, shape.params, dp, z, m, bw,
-                                                             layout.offload != "none", knobs)
+                                                             layout.offload != "none", knobs, hs)
         opt_host_serial = 0.0
         if layout.offload != "none":
             offload_s = local / CPU_ADAM_PARAMS_PER_S + 6 * local / (PCIE_GBPS * 1e9)
     else:
-        ds_host = DS_FIXED_S[z] + tensors * DS_OPS_PER_TENSOR[z] * TENSOR_OP_S
+        ds_host = (DS_FIXED_S[z] + tensors * DS_OPS_PER_TENSOR[z] * TENSOR_OP_S) * hs
         if layout.offload != "none":
             offload_s = local / CPU_ADAM_PARAMS_PER_S + 6 * local / (PCIE_GBPS * 1e9)
             opt_gpu = 0.0
@@ -131,7 +132,7 @@ def estimate_time(model: ModelSpec, cluster: Cluster, layout: Layout, training: 
             opt_gpu = local * (ADAMW_FOREACH_BYTES + ZERO3_EXTRA_BYTES) / bw
         opt_host_serial = 0.0
         if z == 0:   # per-tensor .item() syncs: the step's host work cannot overlap the GPU
-            opt_host_serial, ds_host = ds_host + tensors * SYNC_S, tensors * _calls(ZERO0_ALLREDUCE_OPS)
+            opt_host_serial, ds_host = ds_host + tensors * SYNC_S * hs, tensors * _calls(ZERO0_ALLREDUCE_OPS) * hs
             zero_gpu = shape.params * ZERO0_ALLREDUCE_BYTES / bw
     # forward/backward + ZeRO host work race the GPU; what does not hide is a share of the shorter one
     host = host_fb + ds_host
@@ -158,7 +159,7 @@ def _calls(ops: tuple[int, int]) -> float:
 
 
 def _zero12_step(tensors: int, stage_params: int, dp: int, z: int, m: int, bw: float,
-                 offload: bool, knobs) -> tuple[float, float, float, float]:
+                 offload: bool, knobs, hs: float = 1.0) -> tuple[float, float, float, float]:
     """DeepSpeed ZeRO-1/2 gradient handling and step() on one rank, read off stage_1_and_2.py (0.19.8).
 
     Returns (host seconds that race the forward/backward, GPU seconds that join that race, seconds of the
@@ -169,6 +170,7 @@ def _zero12_step(tensors: int, stage_params: int, dp: int, z: int, m: int, bw: f
     walking the grads after backward. step(): the overflow check
     (per-tensor amax/amin, then .item()), the float64 norm (per-tensor .to(double) + vector_norm, then
     bool()), then flatten, upcast, clip, foreach AdamW and the downcast on the flat fp32 partition.
+    hs scales the host seconds (GPUType.host_overhead).
     """
     local_tensors = -(-tensors // dp)
     local = stage_params // dp
@@ -178,10 +180,11 @@ def _zero12_step(tensors: int, stage_params: int, dp: int, z: int, m: int, bw: f
         not knobs.overlap_comm)
     if knobs.overlap_comm:
         host += passes * (-(-stage_params // max(knobs.reduce_bucket, 1)) + 1) * SYNC_S
+    host *= hs
     race_gpu = (passes * (stage_params * ZERO12_BWD_BYTES + local * ZERO12_PARTITION_BYTES)
                 + local * ZERO12_CHECK_BYTES) / bw + local_tensors * 2 * KERNEL_GPU_S
-    norm_host = local_tensors * (_calls(NORM_OPS) + (SYNC_S if offload else 0.0))  # offload: .item() per tensor
-    norm = max(norm_host, local * ZERO12_NORM_BYTES / bw + local_tensors * 2 * KERNEL_GPU_S) + 2 * SYNC_S
+    norm_host = local_tensors * (_calls(NORM_OPS) + (SYNC_S if offload else 0.0)) * hs  # offload: .item() per tensor
+    norm = max(norm_host, local * ZERO12_NORM_BYTES / bw + local_tensors * 2 * KERNEL_GPU_S) + 2 * SYNC_S * hs
     opt_gpu = 0.0 if offload else local * (ZERO12_FLAT_BYTES + ADAMW_FOREACH_BYTES) / bw
-    opt = max(local_tensors * _calls(REBIND_OPS) + STEP_FLAT_OPS * TENSOR_OP_S, opt_gpu)
+    opt = max((local_tensors * _calls(REBIND_OPS) + STEP_FLAT_OPS * TENSOR_OP_S) * hs, opt_gpu)
     return host, race_gpu, norm + opt, opt_gpu
