@@ -187,12 +187,13 @@ def torchrun_log_dir(run: RunSpec, node_rank: int | str) -> str:
     return f"{base}{node_rank}"
 
 
-def _torchrun_argv(run: RunSpec, nnodes: str, node_rank: str, master_addr: str, master_port: str) -> tuple[str, ...]:
+def _torchrun_argv(run: RunSpec, nnodes: str, node_rank: str, master_addr: str, master_port: str,
+                   rendezvous: tuple[str, ...] = ()) -> tuple[str, ...]:
     # --max-restarts 0: a dead rank ends the job instead of restarting the group (fail fast).
     # --redirects 3 --tee 3: stdout+stderr of every rank to its log file and to the console.
     return (run.python, "-u", "-m", "torch.distributed.run",
             "--nnodes", nnodes, "--node-rank", node_rank, "--nproc-per-node", str(run.procs_per_node),
-            "--master-addr", master_addr, "--master-port", master_port, "--max-restarts", "0",
+            "--master-addr", master_addr, "--master-port", master_port, *rendezvous, "--max-restarts", "0",
             "--log-dir", torchrun_log_dir(run, node_rank), "--redirects", "3", "--tee", "3",
             "-m", TRAIN_MODULE) + train_args(run)
 
@@ -210,6 +211,9 @@ def torchrun_command(run: RunSpec, *, node_rank: int | str = 0, master_addr: str
     return Command(argv, base_env(run))
 
 
+SLURM_RENDEZVOUS_TIMEOUT_S = 120
+
+
 def srun_torchrun_line(run: RunSpec) -> Command:
     """The per-node launch inside job.sbatch: srun starts one torchrun agent per node.
 
@@ -218,8 +222,12 @@ def srun_torchrun_line(run: RunSpec) -> Command:
     arguments) reaches it as bash -c's positional parameters. MASTER_ADDR/MASTER_PORT are exported by
     the batch script and inherited by the tasks (srun's default --export=ALL).
     """
+    # SLURM starts every node's task at once, so a node still missing after SLURM_RENDEZVOUS_TIMEOUT_S is
+    # not coming: end the job instead of torch's static-rendezvous default of 600 s
+    # (torch/distributed/elastic/rendezvous/static_tcp_rendezvous.py, the "timeout" rdzv-conf key).
     inner = _torchrun_argv(run, ShellVar("SLURM_NNODES"), ShellVar("SLURM_NODEID"),
-                           ShellVar("MASTER_ADDR"), ShellVar("MASTER_PORT"))
+                           ShellVar("MASTER_ADDR"), ShellVar("MASTER_PORT"),
+                           rendezvous=("--rdzv-conf", f"timeout={SLURM_RENDEZVOUS_TIMEOUT_S}"))
     script = "exec " + shell_join(inner) + ' "$@"'
     output = slurm_filename(str(PurePosixPath(run.log_dir) / "slurm-")) + "%j-node%n.out"
     argv = ("srun", "--kill-on-bad-exit=1", "--ntasks-per-node=1", "--output", output,

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from shardplan.launch.commands import (Command, RunSpec, ShellVar, command_for, deepspeed_command, sbatch_command,
+from shardplan.launch.commands import (SLURM_RENDEZVOUS_TIMEOUT_S, Command, RunSpec, ShellVar, command_for, deepspeed_command, sbatch_command,
                                        shell_join, shell_quote, srun_torchrun_line, torchrun_command)
 
 NASTY = "/tmp/a b/it's $HOME `id`; rm -rf x \"q\" 50%"
@@ -101,6 +101,9 @@ def test_srun_line_expands_node_id_per_task_and_passes_extra_args(tmp_path):
     got = _echo_argv(shell_join(("bash", "-c", script, "shardplan-node")) + ' "$@"', "--resume", "a b", env=env)
     expected = list(torchrun_command(RunSpec(run_dir=NASTY, nodes=2, procs_per_node=2, python="py",
                                              master_addr="node1", master_port=20042), node_rank=1).argv[1:])
+    # ... plus the rendezvous timeout: SLURM starts every node at once, so a missing node ends the job early.
+    at = expected.index("--master-port") + 2
+    expected[at:at] = ["--rdzv-conf", f"timeout={SLURM_RENDEZVOUS_TIMEOUT_S}"]
     assert got == expected + ["--resume", "a b"]
 
 

@@ -151,3 +151,16 @@ def test_resume_is_suggested_only_when_a_checkpoint_exists(tmp_path):
     said.clear()
     report_outcome(job, said.append, tmp_path)
     assert f"continue from the last checkpoint: shardplan launch {tmp_path} --resume" in said
+
+
+def test_follow_says_what_a_quiet_job_waits_for(tmp_path):
+    """`launch --follow` on a running job with no step yet names the rendezvous it is joining, or says the
+    batch script has not reached torchrun."""
+    from shardplan.launch.run.launcher import waiting_for
+
+    (tmp_path / "logs").mkdir()
+    assert "has not reached torchrun yet" in waiting_for(tmp_path, "42")
+    (tmp_path / "logs" / "slurm-42.out").write_text(
+        "shardplan: job 42 on node[1-2], rendezvous node1:20042\n")
+    said = waiting_for(tmp_path, "42")
+    assert "rendezvous at node1:20042" in said and "SHARDPLAN_MASTER_ADDR" in said and "cancel" in said

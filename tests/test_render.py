@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from shardplan.launch import rundir
 from shardplan.launch.render import artifacts as render_mod
 from shardplan.cli import main
-from shardplan.launch.commands import RunSpec, deepspeed_command, torchrun_command
+from shardplan.launch.commands import SLURM_RENDEZVOUS_TIMEOUT_S, RunSpec, deepspeed_command, torchrun_command
 from shardplan.launch.render.ds_config import Schedule
 from shardplan.launch.render.artifacts import RenderError, RenderOptions, render, render_files
 from shardplan.launch.validate import validate_config
@@ -363,6 +363,8 @@ def test_job_sbatch_on_real_slurm_expands_node_rank_per_node_and_keeps_paths_lit
         port = got[got.index("--master-port") + 1]
         assert 20000 <= int(port) < 40000
         expected[expected.index("--master-port") + 1] = port
+        at = expected.index("--master-port") + 2  # SLURM's line adds the rendezvous timeout
+        expected[at:at] = ["--rdzv-conf", f"timeout={SLURM_RENDEZVOUS_TIMEOUT_S}"]
         assert got == expected
     logs = run_dir / "logs"
     assert (logs / f"slurm-{job}.out").exists() and (logs / f"slurm-{job}-node1.out").exists()

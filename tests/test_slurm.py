@@ -112,3 +112,19 @@ def test_cancel_and_preflight_against_the_partition(slurm_cluster, two_node_run,
     out = shardplan("launch", four, "--scheduler", "slurm", env=slurm_cluster)
     assert out.returncode == 2 and not (four / "job.json").exists()
     assert "nodes(4)" in out.stderr and "node1=" in out.stderr, out.stderr
+
+
+def test_unresolvable_rendezvous_host_fails_fast_naming_the_fix(slurm_cluster, two_node_run):
+    """The test cluster's node names (node1, node2) do not resolve: without SHARDPLAN_MASTER_ADDR the job
+    must end at once with the host and the variable named, not sit in torchrun's rendezvous for minutes."""
+    run = two_node_run
+    started = time.monotonic()
+    out = shardplan("launch", run, "--scheduler", "slurm", "--follow", env=slurm_cluster, timeout=180)
+    took = time.monotonic() - started
+    print(out.stdout, out.stderr)
+    assert out.returncode != 0 and "FAILED" in out.stdout, out.stdout + out.stderr
+    job = json.loads((run / "job.json").read_text())
+    batch = (run / "logs" / f"slurm-{job['job_id']}.out").read_text()
+    assert "rendezvous host node1 does not resolve" in batch and "SHARDPLAN_MASTER_ADDR" in batch, batch
+    assert took < 60, f"{took:.0f} s to report an unresolvable rendezvous host"
+    assert not (run / "metrics.jsonl").exists()

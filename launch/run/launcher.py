@@ -8,6 +8,7 @@ and cancellation. The exit code of a launch mirrors the job's: 0 when it complet
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from . import jobs, ranks, slurm
 from .progress import MetricsTail, Progress
-from ..commands import Command, command_for, deepspeed_command, torchrun_command
+from ..commands import SLURM_RENDEZVOUS_TIMEOUT_S, Command, command_for, deepspeed_command, torchrun_command
 from ..rundir import CHECKPOINTS, LOG_DIR, METRICS, has_checkpoint
 from .jobs import CANCELLED, COMPLETED, FAILED, RUNNING, JobRecord
 from .preflight import RunDir
@@ -201,16 +202,28 @@ def run_slurm(run: RunDir, cmd: Command, *, resume: bool, follow: bool, echo,
     return follow_slurm(run.path, job, echo, run.procs_per_node)
 
 
+# How long a running job may show no training step before --follow says what it is waiting for.
+QUIET_S = 30.0
+
+
 def follow_slurm(run_dir: Path, job: JobRecord, echo, procs_per_node: int = 1) -> int:
     progress = Progress(run_dir, echo)
-    seen = {"state": None}
+    seen = {"state": None, "reason": None, "running_since": None, "told": False}
 
     def on_poll(state: slurm.SlurmState) -> None:
         progress.poll(force=state.final)
-        if state.state != seen["state"]:
-            seen["state"] = state.state
+        if (state.state, state.reason) != (seen["state"], seen["reason"]):
+            seen["state"], seen["reason"] = state.state, state.reason
             nodes = f" on {state.nodes}" if state.nodes and state.nodes != "(null)" else ""
-            echo(f"job {state.job_id}: {state.state}{nodes}")
+            why = f" (waiting for: {state.reason})" if state.state == "PENDING" and state.reason else ""
+            echo(f"job {state.job_id}: {state.state}{nodes}{why}")
+        if state.state == RUNNING and seen["running_since"] is None:
+            seen["running_since"] = time.monotonic()
+        if (state.state == RUNNING and not seen["told"] and progress.tail.steps_seen == 0
+                and time.monotonic() - seen["running_since"] >= QUIET_S):
+            seen["told"] = True
+            echo(f"job {state.job_id}: running {QUIET_S:.0f} s without a training step; "
+                 + waiting_for(run_dir, state.job_id))
 
     try:
         final = slurm.wait(job.job_id, on_poll=on_poll)
@@ -229,6 +242,19 @@ def follow_slurm(run_dir: Path, job: JobRecord, echo, procs_per_node: int = 1) -
     jobs.write_job(run_dir, done)
     report_outcome(done, echo, run_dir)
     return 0 if final.state == COMPLETED else (done.exit_code or 1)
+
+
+def waiting_for(run_dir: Path, job_id: str) -> str:
+    """What a running job without steps is doing, from its batch output: the rendezvous it waits at."""
+    batch = run_dir / LOG_DIR / f"slurm-{job_id}.out"
+    text = batch.read_text(errors="replace") if batch.is_file() else ""
+    found = re.findall(r"rendezvous (\S+):(\d+)", text)
+    if not found:
+        return f"the batch script has not reached torchrun yet (see {batch})"
+    host, port = found[-1]
+    return (f"the ranks are joining the rendezvous at {host}:{port} (torchrun gives up after "
+            f"{SLURM_RENDEZVOUS_TIMEOUT_S} s); if {host} is not reachable from every node, cancel "
+            f"(`shardplan cancel {run_dir}`) and set SHARDPLAN_MASTER_ADDR; logs: {run_dir / LOG_DIR}/")
 
 
 def slurm_failure(run_dir: Path, job: JobRecord, state: slurm.SlurmState, procs_per_node: int) -> ranks.Failure:

@@ -15,6 +15,7 @@ class MetricsTail:
         self.path = path
         self.offset = path.stat().st_size if path.exists() else 0
         self.last: dict | None = None
+        self.steps_seen = 0    # step records read since we started looking
 
     def poll(self) -> list[dict]:
         if not self.path.exists():
@@ -35,6 +36,7 @@ class MetricsTail:
         steps = [r for r in rows if "step" in r]
         if steps:
             self.last = steps[-1]
+            self.steps_seen += len(steps)
         return rows
 
 
