@@ -26,7 +26,9 @@ from .model import ModelSpec
 TIE = 0.01                      # throughput within 1% counts as a tie: the model is not more precise than that
 DEFAULT_BATCH_TOKENS = 2 ** 19  # GPT-3 (Brown et al. 2020, table 2.1) trains its small models on 0.5M-token batches
 SEARCHED_CHECKPOINTING = ("none", "full")
-CONSTRAINTS = ("tp", "pp", "zero_stage", "micro_batch", "checkpointing", "offload", "max_micro_batch", "top")
+# The layout fields plan() can hold fixed; dp and grad_accum follow from them and the global batch.
+SEARCHED_FIELDS = ("tp", "pp", "zero_stage", "micro_batch", "checkpointing", "offload")
+CONSTRAINTS = SEARCHED_FIELDS + ("max_micro_batch", "top")
 
 
 CPU_SEQUENCES_PER_PROCESS = 8  # CPU processes (the demo): a step of seconds, not of minutes

@@ -5,13 +5,12 @@ from __future__ import annotations
 from shardplan.planner import evaluate, plan
 from shardplan.planner.cluster import Cluster
 from shardplan.planner.layout import field_name
+from shardplan.planner.search import SEARCHED_FIELDS
 
 from .. import rundir
 from ..inputs import (CLUSTER_OVERRIDES, MODEL_OVERRIDES, build_layout, build_training, cluster_overrides,
                       inputs_from_options, load_cluster, load_model, parse_headroom)
 
-# dp and grad_accum are not searched: they follow from the other choices and the global batch.
-NOT_SEARCHED = ("dp", "grad_accum")
 # Changing any of these changes dp or the micro-batch, so the plan's dp / grad_accum are derived again.
 RESHAPING = ("dp", "tp", "pp", "micro_batch")
 
@@ -35,10 +34,13 @@ def choose_estimate(opts: dict, fixed_flags: dict, *, from_plan=None, given: fro
     fixed = {k: v for k, v in fixed_flags.items() if v is not None}
     if from_plan is None:
         model, cluster, training, headroom = inputs_from_options(opts)
-        constraints = {field_name(k): v for k, v in fixed.items() if k not in NOT_SEARCHED}
+        constraints = {field_name(k): v for k, v in fixed.items() if field_name(k) in SEARCHED_FIELDS}
         chosen = plan(model, cluster, training, headroom, **constraints)
         plan_dict = chosen.to_dict()
         est = chosen.best
+        from .hf import hf_model_record
+        if hf_model_record(opts.get("model")):   # a local HF model: the training program rebuilds it from there
+            plan_dict["hf_model"] = hf_model_record(opts.get("model"))
         if "dp" in fixed or "grad_accum" in fixed:
             est = _refix(est, fixed, model, cluster, training, headroom)
             plan_dict["reasons"] = [_override_note(chosen.best.layout.to_flags(), est.layout.to_flags(), fixed)] \

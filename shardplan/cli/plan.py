@@ -9,10 +9,10 @@ import click
 
 from shardplan.cli.options import ESTIMATE_DEFAULTS, PlanError, common_options, inputs_from_options, layout_options
 from shardplan.launch.inputs import build_layout, resolve_request
-from shardplan.planner.layout import LAYOUT_FLAGS, field_name
+from shardplan.planner.layout import LAYOUT_FLAGS, field_name, flag_name
+from shardplan.planner.search import SEARCHED_FIELDS
 
-# The layout choices plan's search can hold fixed (dp and grad_accum follow from them and the batch).
-SEARCHABLE = ("tp", "pp", "zero", "micro_batch", "checkpointing", "offload")
+SEARCHABLE = tuple(flag_name(f) for f in SEARCHED_FIELDS)  # the layout flags `plan` accepts
 
 
 def _emit_json(obj) -> None:
