@@ -3,7 +3,9 @@ training program read, and the one reader of plan.json (and of the run's other J
 
 A run directory holds plan.json (the plan: best.model, best.cluster, best.layout, best.training, and
 "launch", the RunSpec the scripts were rendered from), ds_config.json, the scripts, hostfile (multi-node),
-README.md, logs/, and after a launch job.json, metrics.jsonl and checkpoints/.
+README.md, hf/ (the Trainer / accelerate files), model/config.json (when --model was a local Hugging Face
+model; plan.json's "hf_model" says where it came from), logs/, and after a launch job.json, metrics.jsonl
+and checkpoints/.
 """
 from __future__ import annotations
 
@@ -21,6 +23,12 @@ LAUNCH_TORCHRUN_SH = "launch_torchrun.sh"
 JOB_SBATCH = "job.sbatch"
 MEGATRON_ARGS = "megatron_args.sh"
 README = "README.md"
+HF_DIR = "hf"                            # the same plan for Hugging Face Trainer / accelerate users
+HF_DS_CONFIG = "hf/ds_config.json"       # "auto" where the Trainer fills a value
+HF_TRAINING_ARGS = "hf/training_args.json"   # TrainingArguments keyword arguments
+HF_ACCELERATE = "hf/accelerate_config.yaml"
+HF_README = "hf/README.md"
+MODEL_CONFIG = "model/config.json"       # a copy of the local HF model's config.json (--model DIR), for training
 SCRIPTS = (LAUNCH_SH, LAUNCH_TORCHRUN_SH, JOB_SBATCH, MEGATRON_ARGS)
 LOG_DIR = "logs"                         # launcher, per-rank and SLURM outputs
 JOB_FILE = "job.json"                    # the record of the last launch (launch/run/jobs.py)
@@ -77,3 +85,9 @@ def plan_layout(plan: dict, path: str | os.PathLike = PLAN) -> Layout:
     except (ValueError, TypeError, KeyError) as e:  # TypeError: a required key (dp) missing, or not a mapping
         raise RunDirError(f"{plan_file(path)}: best.layout is not a valid layout: {e}; re-plan and re-render "
                           "the run directory") from None
+
+
+def hf_model(plan: dict) -> dict | None:
+    """plan.json's "hf_model" (source directory, config file, whether weights are there), or None for a preset."""
+    found = plan.get("hf_model") if isinstance(plan, dict) else None
+    return found if isinstance(found, dict) else None

@@ -133,14 +133,15 @@ def test_golden_renders(rendered, name):
     run_dir = rendered[name][0].run_dir
     golden = GOLDEN / name
     # plan.json and README.md carry the memory/time predictions, which the planner's models refine: not pinned.
-    produced = {p.name: _normalise(p.read_text(), run_dir) for p in sorted(run_dir.iterdir())
-                if p.is_file() and p.name not in ("plan.json", "README.md")}
+    produced = {p.relative_to(run_dir).as_posix(): _normalise(p.read_text(), run_dir) for p in sorted(run_dir.rglob("*"))
+                if p.is_file() and p.relative_to(run_dir).as_posix() not in ("plan.json", "README.md")}
     if UPDATE:
         shutil.rmtree(golden, ignore_errors=True)
         golden.mkdir(parents=True)
         for file, text in produced.items():
+            (golden / file).parent.mkdir(parents=True, exist_ok=True)   # hf/
             (golden / file).write_text(text)
-    expected = {p.name: p.read_text() for p in sorted(golden.iterdir())}
+    expected = {p.relative_to(golden).as_posix(): p.read_text() for p in sorted(golden.rglob("*")) if p.is_file()}
     assert sorted(produced) == sorted(expected)
     for file in produced:
         assert produced[file] == expected[file], f"{name}/{file} differs from tests/golden (SHARDPLAN_UPDATE_GOLDEN=1)"

@@ -26,6 +26,7 @@ from ..commands import (Command, RunSpec, ShellVar, deepspeed_command, sbatch_co
                        slurm_filename, srun_torchrun_line, torchrun_command)
 from .. import rundir
 from .ds_config import DsConfigContext, Schedule, ds_config_context
+from .hf import hf_files
 
 _SLURM_TIME = re.compile(r"(\d+-)?\d+(:\d{1,2}){0,2}\Z|(\d+-)?\d+:\d{1,2}:\d{1,2}\Z")
 
@@ -158,6 +159,7 @@ def render_files(plan: dict, est: Estimate, opts: RenderOptions, run_dir: Path) 
         output=slurm_filename(run.log_dir) + "/slurm-%j.out", job_name=f"shardplan-{est.model.name}", **common)
     files[rundir.MEGATRON_ARGS] = env.get_template("megatron_args.sh.j2").render(
         megatron_args=megatron_args(est, opts.schedule), **common)
+    files.update(hf_files(env, plan, est, ds_config, opts.schedule, run, common))  # hf/ and model/config.json
     files[rundir.README] = env.get_template("README.md.j2").render(
         files=sorted(files) + [rundir.README], ds=ds_ctx, **common)
     for name in rundir.SCRIPTS:
@@ -248,6 +250,7 @@ def write_run_dir(files: dict[str, str], run_dir: Path, *, force: bool) -> None:
         (tmp / rundir.LOG_DIR).mkdir()  # job.sbatch's --output lands here: SLURM does not create directories
         for name, text in files.items():
             path = tmp / name
+            path.parent.mkdir(parents=True, exist_ok=True)   # hf/, model/
             path.write_text(text)
             if name.endswith(".sh") or name.endswith(".sbatch"):
                 path.chmod(0o755)

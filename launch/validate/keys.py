@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
+from .auto_fill import explain
 from .problems import Problem
 from .schema import close_matches, json_path
 
@@ -104,14 +105,16 @@ def auto_values(config: dict[str, Any], allow_auto: bool) -> list[Problem]:
         keys = ", ".join(f"[{p[-1]}]" if isinstance(p[-1], int) else str(p[-1]) for p in paths)
         what = f"\"auto\" in {keys}" if len(paths) > 1 else "\"auto\""
         effect = _auto_effect(paths[0])
+        # Per key: who fills it and from what (the Trainer, accelerate), not only "needs the integration".
+        filled_by = "; filled by: " + " | ".join(dict.fromkeys(explain(p) for p in paths))
         if allow_auto:
             out.append(Problem(where, f"{what}: left for the Hugging Face Trainer / Accelerate integration to fill "
-                               f"in (without it, {effect[0].lower() + effect[1:]})",
+                               f"in (without it, {effect[0].lower() + effect[1:]}){filled_by}",
                                "keep using this config only through the Hugging Face integration, or replace "
                                "\"auto\" with a value", severity="warning"))
         else:
             out.append(Problem(where, f"{what}: a placeholder that only the Hugging Face Trainer / Accelerate "
-                               f"integration fills in; will not run under DeepSpeed alone ({effect})",
+                               f"integration fills in; will not run under DeepSpeed alone ({effect}){filled_by}",
                                "replace \"auto\" with a concrete value, or pass --allow-auto if this config is only "
                                "used through the Hugging Face integration"))
     return out
