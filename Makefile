@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 $(BIN)/shardplan: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e '.[train,megatron,hf,test]'
+	$(BIN)/python -m pip install --quiet -e '.[train,megatron,hf,test,plot]'
 	touch $@
 
 install: $(BIN)/shardplan

@@ -163,7 +163,7 @@ def resolve_request(request, opts: dict, layout_opts: dict, cache: dict):
     request = _keys(request, "request", ("model", "cluster", "layout", "overrides", "training"))
     overrides = _keys(request.get("overrides", {}), "overrides", MODEL_OVERRIDES + CLUSTER_OVERRIDES)
     training = _keys(request.get("training", {}), "training",
-                     ("seq", "global_batch", "global_batch_tokens", "precision", "headroom"))
+                     ("seq", "global_batch", "global_batch_tokens", "precision", "headroom", "engine", "zero_buckets"))
     layout = _keys(request.get("layout", {}), "layout", LAYOUT_FLAGS)
     name = request.get("model", opts.get("model"))
     model_over = {k: overrides.get(k, opts.get(k)) for k in MODEL_OVERRIDES}
@@ -179,6 +179,8 @@ def resolve_request(request, opts: dict, layout_opts: dict, cache: dict):
     cluster = cache[key]
     t = {k: training.get(k, opts.get(k)) for k in ("seq", "global_batch", "global_batch_tokens", "precision")}
     built = build_training(model, t["seq"], t["global_batch"], t["global_batch_tokens"], t["precision"] or "bf16")
+    # who ran the step and which ZeRO buckets it used (measured lines: plain PyTorch, DeepSpeed's defaults)
+    built = dataclasses.replace(built, **{k: training[k] for k in ("engine", "zero_buckets") if k in training})
     headroom = parse_headroom(training.get("headroom", opts.get("headroom", "10%")))
     merged = {**{k: v for k, v in layout_opts.items()}, **layout}
     return model, cluster, built, headroom, build_layout(cluster, built, merged)

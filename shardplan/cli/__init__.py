@@ -9,6 +9,7 @@ from shardplan import __version__
 from shardplan.cli.launch import cancel, launch, logs, status
 from shardplan.cli.plan import compare, estimate, plan
 from shardplan.cli.render import render
+from shardplan.cli.report import calibrate, report
 from shardplan.cli.validate import validate
 
 
@@ -23,8 +24,9 @@ def main() -> None:
       shardplan render   --model gpt2-xl --cluster 2x8xA100-80GB --global-batch 512 --out runs/gpt2xl
       shardplan validate runs/gpt2xl/ds_config.json
       shardplan launch   runs/gpt2xl
+      shardplan report   runs/gpt2xl
     """
 
 
-for _command in (plan, estimate, compare, render, validate, launch, status, logs, cancel):
+for _command in (plan, estimate, compare, render, validate, launch, status, logs, cancel, report, calibrate):
     main.add_command(_command)

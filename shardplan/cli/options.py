@@ -104,3 +104,31 @@ def layout_options(flags=LAYOUT_FLAGS, *, defaults: dict | None = None, notes: d
                                  show_default=flag in defaults, help=help_text)(f)
         return f
     return decorate
+
+
+def calibration_option(f):
+    """--calibration PROFILE.json: the fitted constants `shardplan calibrate` wrote."""
+    return click.option("--calibration", type=click.Path(dir_okay=False),
+                        help="A profile from `shardplan calibrate`: this GPU type's fitted efficiency constants.")(f)
+
+
+def calibrated(cluster, profile):
+    """The cluster with the profile's constants for its GPU type (as is without a profile); PlanError on a bad file."""
+    if not profile:
+        return cluster
+    from shardplan.launch.calibration import read_profile
+
+    with PlanError.boundary():
+        return read_profile(profile).apply(cluster)
+
+
+def budget_options(f):
+    """--tokens and --price: time to train, GPU-hours and cost."""
+    f = click.option("--price", type=float, help="Price per GPU-hour (any currency), e.g. 2.49: adds the cost.")(f)
+    return click.option("--tokens", help="Tokens to train on (decimal: 300B = 3e11): adds days, GPU-hours, cost.")(f)
+
+
+def plot_option(f):
+    return click.option("--plot", type=click.Path(dir_okay=False),
+                        help="Draw the memory bars and tokens/s vs memory to FILE (.png or .svg; needs the "
+                             "[plot] extra: pip install 'shardplan[plot]').")(f)

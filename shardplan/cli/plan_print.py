@@ -74,30 +74,54 @@ def estimate_summary(e: Estimate, console: Console, title: str = "Layout") -> No
                   highlight=False)
 
 
-def candidates_table(candidates) -> Table:
+def budget_cells(b: dict | None) -> list[str]:
+    """Days, GPU-hours and cost of a time_to_train() dict (nothing without a token budget)."""
+    if not b:
+        return []
+    return [f"{b['time_to_train_s'] / 86400:,.1f}", f"{b['gpu_hours']:,.0f}",
+            "-" if b["cost"] is None else f"{b['cost']:,.0f}"]
+
+
+BUDGET_COLUMNS = ("days", "GPU-h", "cost")
+
+
+def budget_line(b: dict | None) -> str:
+    if not b:
+        return ""
+    cost = "" if b["cost"] is None else f", cost [bold]{b['cost']:,.0f}[/bold]"
+    return (f"  time to train [bold]{b['time_to_train_s'] / 86400:,.1f} days[/bold] "
+            f"({b['gpu_hours']:,.0f} GPU-hours{cost})")
+
+
+def candidates_table(candidates, budget=None) -> Table:
     table = Table(title="Next best alternatives", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, show_edge=False)
-    for col in ("dp×tp×pp", "ZeRO", "micro×accum", "ckpt", "offload", "GB/GPU", "step s", "tokens/s", "MFU"):
+    for col in ("dp×tp×pp", "ZeRO", "micro×accum", "ckpt", "offload", "GB/GPU", "step s", "tokens/s", "MFU") + (
+            BUDGET_COLUMNS if budget else ()):
         table.add_column(col, justify="left" if col in ("ckpt", "offload") else "right", no_wrap=True)
     for e in candidates:
         l = e.layout
         table.add_row(f"{l.dp}×{l.tp}×{l.pp}", str(int(l.zero_stage)), f"{l.micro_batch}×{l.grad_accum}",
                       l.checkpointing, l.offload, f"{e.memory.peak_bytes / GB:.1f}",
-                      secs(e.step_time_s), f"{e.tokens_per_s:,.0f}", f"{e.mfu:.1%}")
+                      secs(e.step_time_s), f"{e.tokens_per_s:,.0f}", f"{e.mfu:.1%}",
+                      *budget_cells(budget(e) if budget else None))
     return table
 
 
-def print_plan(plan, console: Console | None = None) -> None:
+def print_plan(plan, console: Console | None = None, budget=None) -> None:
+    """budget: Estimate -> time_to_train() dict, when a token budget was given."""
     console = console or Console()
     estimate_summary(plan.best, console, title="Plan")
+    if budget:
+        console.print(budget_line(budget(plan.best)), highlight=False)
     if plan.candidates:
-        console.print(candidates_table(plan.candidates))
+        console.print(candidates_table(plan.candidates, budget))
     console.print("[bold]Why[/bold]")
     for reason in plan.reasons:
         console.print(f"  • {reason}", highlight=False)
     console.print(f"[dim]{plan.evaluated} layouts evaluated[/dim]")
 
 
-def compare_table(rows) -> Table:
+def compare_table(rows, budget=None) -> Table:
     from shardplan.planner.search import rank
 
     fits = [e for _, e in rows if e.fits]
@@ -107,7 +131,8 @@ def compare_table(rows) -> Table:
                         f"global batch {first.layout.global_batch}", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, show_edge=False)
     for col, just in (("method", "left"), ("dp×tp×pp", "right"), ("ZeRO", "right"), ("micro×accum", "right"),
                       ("ckpt", "left"), ("GB/GPU", "right"), ("fits", "left"), ("step s", "right"),
-                      ("tokens/s", "right"), ("MFU", "right"), ("comm GB", "right"), ("bubble", "right")):
+                      ("tokens/s", "right"), ("MFU", "right"), ("comm GB", "right"), ("bubble", "right"),
+                      *((c, "right") for c in (BUDGET_COLUMNS if budget else ()))):
         table.add_column(col, justify=just, no_wrap=True)
     for name, e in rows:
         l = e.layout
@@ -117,13 +142,35 @@ def compare_table(rows) -> Table:
                                                                             f" +{l.offload} offload"),
                       f"{e.memory.peak_bytes / GB:.1f}", "yes" if e.fits else "[red]no[/red]",
                       secs(e.step_time_s), f"{e.tokens_per_s:,.0f}", f"{e.mfu:.1%}",
-                      f"{e.time.comm_bytes / GB:.1f}", f"{bubble:.1%}", style=None if e.fits else "dim")
+                      f"{e.time.comm_bytes / GB:.1f}", f"{bubble:.1%}", *budget_cells(budget(e) if budget else None),
+                      style=None if e.fits else "dim")
     return table
 
 
-def print_compare(rows, console: Console | None = None) -> None:
+def print_compare(rows, console: Console | None = None, budget=None) -> None:
     console = console or Console()
-    console.print(compare_table(rows))
+    console.print(compare_table(rows, budget))
     console.print("[dim]★ fastest that fits. Each method at its best micro-batch and checkpointing; "
                   "a method where nothing fits shows its leanest layout (dimmed). GB/GPU: predicted peak; "
                   "comm GB: sent per GPU per step; bubble: share of the step.[/dim]")
+
+
+def print_sweep(entries, chosen, cheapest, fastest, console: Console | None = None) -> None:
+    """The node-count sweep: one row per node count where something fits, the picks marked."""
+    console = console or Console()
+    timed = any(x.budget for x in entries)
+    table = Table(title="Node counts (best layout on each)", title_justify="left", box=box.SIMPLE_HEAD,
+                  padding=(0, 1), pad_edge=False, show_edge=False)
+    for col in ("nodes", "GPUs", "dp×tp×pp", "ZeRO", "micro×accum", "ckpt", "tokens/s", "MFU") + (
+            BUDGET_COLUMNS if timed else ()) + ("",):
+        table.add_column(col, justify="left" if col in ("ckpt", "") else "right", no_wrap=True)
+    for x in entries:
+        e, l = x.plan.best, x.plan.best.layout
+        marks = [name for name, pick in (("chosen", chosen), ("cheapest", cheapest), ("fastest", fastest)) if pick is x]
+        table.add_row(str(x.nodes), str(x.gpus), f"{l.dp}×{l.tp}×{l.pp}", str(int(l.zero_stage)),
+                      f"{l.micro_batch}×{l.grad_accum}", l.checkpointing, f"{e.tokens_per_s:,.0f}", f"{e.mfu:.1%}",
+                      *budget_cells(x.budget), ", ".join(marks), style="bold" if x is chosen else None)
+    console.print(table)
+    estimate_summary(chosen.plan.best, console, title=f"Chosen: {chosen.nodes} nodes")
+    if chosen.budget:
+        console.print(budget_line(chosen.budget), highlight=False)
