@@ -89,6 +89,8 @@ class RunSpec:
     cpu: bool = False                 # no GPU: DS_ACCELERATOR=cpu, gloo (the training program picks it)
     python: str = "python3"           # the interpreter that runs launchers and the training program
     train_args: tuple[str, ...] = ()  # extra arguments for the training program
+    threads_per_rank: int = 0         # OMP_NUM_THREADS: each rank's share of the node's cores (0: leave unset)
+    megatron_layers: bool = False     # the program's 3D path (Megatron-core tensor-parallel layers) runs
 
     def __post_init__(self) -> None:
         if not self.run_dir or not PurePosixPath(self.run_dir).is_absolute():
@@ -110,6 +112,9 @@ class RunSpec:
             raise ValueError("master_addr('') must name the rendezvous host")
         if not self.python:
             raise ValueError("python('') must name the interpreter, e.g. sys.executable")
+        if not isinstance(self.threads_per_rank, int) or isinstance(self.threads_per_rank, bool) \
+                or self.threads_per_rank < 0:
+            raise ValueError(f"threads_per_rank({self.threads_per_rank!r}) must be 0 (unset) or a positive integer")
 
     @property
     def world_size(self) -> int:
@@ -119,12 +124,13 @@ class RunSpec:
         """What render stores in plan.json under "launch", so that `launch` rebuilds the scripts' commands."""
         return {"run_dir": self.run_dir, "nodes": self.nodes, "procs_per_node": self.procs_per_node,
                 "hosts": list(self.hosts), "master_addr": self.master_addr, "master_port": self.master_port,
-                "cpu": self.cpu, "python": self.python, "train_args": list(self.train_args)}
+                "cpu": self.cpu, "python": self.python, "train_args": list(self.train_args),
+                "threads_per_rank": self.threads_per_rank, "megatron_layers": self.megatron_layers}
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunSpec":
         known = {"run_dir", "nodes", "procs_per_node", "hosts", "master_addr", "master_port", "cpu", "python",
-                 "train_args"}
+                 "train_args", "threads_per_rank", "megatron_layers"}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown run spec keys {sorted(unknown)}; known: {sorted(known)}")
@@ -145,10 +151,24 @@ def train_args(run: RunSpec) -> tuple[str, ...]:
 
 
 def base_env(run: RunSpec) -> dict[str, str]:
-    """Environment every launcher gets: unbuffered output so per-rank logs are live; CPU accelerator."""
+    """Environment every launcher gets: unbuffered output so per-rank logs are live; on CPU the CPU
+    accelerator; on GPUs what an NCCL job needs; one OpenMP thread pool per rank, not one per core each."""
     env = {"PYTHONUNBUFFERED": "1"}
     if run.cpu:
         env["DS_ACCELERATOR"] = "cpu"  # deepspeed/accelerator/real_accelerator.py reads it
+    else:
+        # A failed or timed-out collective aborts the communicators and ends the rank, so the launcher sees a
+        # dead rank instead of a hang (1 = TearDown, torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp); said
+        # explicitly because the default differs between torch versions.
+        env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] = "1"
+        if run.megatron_layers:
+            # Megatron-core's tensor-parallel linears issue the input-gradient all-reduce asynchronously and
+            # rely on one hardware queue to start it before the weight-gradient GEMM
+            # (megatron/core/tensor_parallel/layers.py, LinearWithGradAccumulationAndAsyncCommunication).
+            env["CUDA_DEVICE_MAX_CONNECTIONS"] = "1"
+    if run.threads_per_rank:
+        # Without it every rank's OpenMP/MKL pool takes all cores (the deepspeed launcher leaves it unset).
+        env["OMP_NUM_THREADS"] = str(run.threads_per_rank)
     return env
 
 

@@ -30,6 +30,12 @@ class Training:
     # the model dtype) or "fp32" (bf16 with ZeRO 0/1 then runs BF16_Optimizer with a full fp32 gradient
     # buffer, as nanotron does by default).
     grad_accum_dtype: str = "model"
+    # torch.compile (inductor) of the model where the layout allows it (layout.compile_refusal); render turns
+    # it on for GPU runs of shardplan's program, the compiled reference rows of the calibration use it.
+    compile: bool = False
+    # The step without needless host syncs: torch's fused AdamW kernel (one pass over p, g, m, v) and, in bf16,
+    # no overflow check (ds_config bf16.check_grad_overflow false). Render turns it on for GPU runs.
+    fused_step: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.seq_len, int) or self.seq_len < 1:
@@ -139,6 +145,7 @@ class Estimate:
     def to_dict(self) -> dict:
         return {"model": self.model.to_dict(), "cluster": self.cluster.to_dict(), "layout": self.layout.to_dict(),
                 "training": {"seq_len": self.training.seq_len, "global_batch": self.layout.global_batch,
-                             "precision": self.training.precision, "optimizer": self.training.optimizer},
+                             "precision": self.training.precision, "optimizer": self.training.optimizer,
+                             "compile": self.training.compile, "fused_step": self.training.fused_step},
                 "memory": self.memory.to_dict(), "time": self.time.to_dict(), "fits": self.fits,
                 "step_time_s": self.step_time_s, "tokens_per_s": self.tokens_per_s, "mfu": self.mfu}

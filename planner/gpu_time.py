@@ -13,6 +13,7 @@ from functools import lru_cache
 
 from math import ceil
 
+from . import compiled as compiled_time
 from .cluster import GPUType
 from .model import ModelSpec
 
@@ -116,8 +117,9 @@ def loss_bytes(model: ModelSpec, tokens: int) -> float:
 @lru_cache(maxsize=8192)
 def microbatch_gpu_s(gpu: GPUType, model: ModelSpec, layers: int, micro_batch: int, seq: int, tp: int,
                      precision: str, engine: str, has_head: bool, recompute: str,
-                     sequence_parallel: bool = False) -> float:
-    """One micro-batch forward + backward on one pipeline stage. recompute: none | full | selective."""
+                     sequence_parallel: bool = False, compiled: bool = False) -> float:
+    """One micro-batch forward + backward on one pipeline stage. recompute: none | full | selective.
+    compiled: torch.compile's fused memory-bound kernels (planner/compiled.py) instead of eager's."""
     tokens = micro_batch * seq
     act_b = 2 if precision in ("bf16", "fp16") or engine == "torch" else 4
     bw = gpu.hbm_gbps * 1e9 * gpu.hbm_efficiency
@@ -125,7 +127,8 @@ def microbatch_gpu_s(gpu: GPUType, model: ModelSpec, layers: int, micro_batch: i
     shapes = layer_gemms(model, tokens, tp)
     gemm = fwd_bwd_gemm_s(gpu, shapes, mm_prec)
     attn = attention_s(gpu, model, micro_batch, seq, tp, mm_prec)
-    elem = layer_elementwise_bytes(model, tokens, tp, act_b, engine, sequence_parallel) / bw
+    elem_bytes = compiled_time.layer_elementwise_bytes if compiled else layer_elementwise_bytes
+    elem = elem_bytes(model, tokens, tp, act_b, engine, sequence_parallel) / bw
     per_layer = gemm + attn + elem
     weight_casts = engine == "torch"    # autocast: each fp32 weight cast to bf16 per forward (4+2 bytes), its bf16
     #                                     weight grad cast back to fp32 in backward (2+4)
@@ -139,5 +142,6 @@ def microbatch_gpu_s(gpu: GPUType, model: ModelSpec, layers: int, micro_batch: i
     if has_head:
         v = model.vocab // tp if sequence_parallel else model.vocab     # vocabulary-parallel head and loss
         total += (fwd_bwd_gemm_s(gpu, [(tokens, v, model.hidden)], mm_prec)
-                  + loss_bytes(model, tokens) / bw * v / model.vocab + weight_casts * 12 * v * model.hidden / bw)
+                  + (compiled_time.loss_bytes if compiled else loss_bytes)(model, tokens) / bw * v / model.vocab
+                  + weight_casts * 12 * v * model.hidden / bw)
     return total

@@ -108,3 +108,18 @@ def field_name(flag: str) -> str:
 
 
 LAYOUT_FLAGS: tuple[str, ...] = tuple(flag_name(f) for f in LAYOUT_FIELDS)
+
+
+def compile_refusal(layout: Layout) -> str | None:
+    """Why shardplan's training program cannot torch.compile this layout (None: it can).
+
+    The one rule that render (which turns compile on), the planner's time model and the program share.
+    Checked on CPU with DeepSpeed 0.19.8 and torch 2.13 (tests/test_train_compile.py): ZeRO 0-2, AutoTP
+    (tp), the pipeline engine (pp, every stage layer compiled) and full or selective recompute train to the
+    eager losses. ZeRO-3 does not: its parameters are gathered by module hooks that the compiled graph
+    skips (the tied LM head reads a still-partitioned wte.weight: "size mismatch ... vec (0)").
+    """
+    if layout.zero_stage == ZeroStage.PARAMETERS:
+        return (f"zero_stage({int(layout.zero_stage)}) cannot be compiled: ZeRO-3 gathers parameters in module "
+                "hooks that a compiled graph skips; use --zero 2 (or 1) or run with --no-compile")
+    return None

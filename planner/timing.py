@@ -24,7 +24,8 @@ from .comm import step_comm
 from .ds_knobs import zero_knobs
 from .estimate import TimeBreakdown, Training
 from .gpu_time import KERNEL_GPU_S, microbatch_gpu_s
-from .layout import Layout
+from .compiled import kernels as compiled_kernels
+from .layout import Layout, compile_refusal
 from .model import ModelSpec
 from .stage import stage_shape
 
@@ -97,8 +98,9 @@ def estimate_time(model: ModelSpec, cluster: Cluster, layout: Layout, training: 
     shape = stage_shape(model, tp, pp, True, sp)
     last = stage_shape(model, tp, pp, False, sp)
     # the slower stage sets the pipeline's pace: the first (embedding) or the last (head + loss)
+    compiled = training.compile and compile_refusal(layout) is None
     mb_gpu = max(microbatch_gpu_s(gpu, model, s.layers, layout.micro_batch, training.seq_len, tp,
-                                  training.precision, engine, s.has_head, layout.checkpointing, sp)
+                                  training.precision, engine, s.has_head, layout.checkpointing, sp, compiled)
                  for s in ((shape, last) if pp > 1 else (shape,)))
     autocast = engine == "torch"
     ops = shape.layers * (OPS_PER_LAYER + AUTOCAST_OPS_PER_LAYER * autocast) + OPS_HEAD + AUTOCAST_OPS_HEAD * autocast
@@ -106,6 +108,8 @@ def estimate_time(model: ModelSpec, cluster: Cluster, layout: Layout, training: 
     ckpt_host = shape.layers * (CKPT_BLOCK_S + recompute_ops * HOST_OP_S) if layout.checkpointing == "full" else 0.0
     hs = gpu.host_overhead     # a calibration profile's host speed (1.0: the calibration host's)
     mb_host = (ops * HOST_OP_S + ckpt_host) * hs
+    if compiled:   # the generated wrapper launches each fused kernel (planner/compiled.py), recompute included
+        mb_host = compiled_kernels(shape.layers, autocast, layout.checkpointing == "full") * TENSOR_OP_S * hs
     gpu_fb, host_fb = m * mb_gpu, m * mb_host
     tensors = n_param_tensors(model, shape.layers, shape.has_embedding, shape.has_head)
     local = shape.params // (dp if z >= 1 else 1)
@@ -113,11 +117,14 @@ def estimate_time(model: ModelSpec, cluster: Cluster, layout: Layout, training: 
     act_bytes = 2 if training.precision in ("bf16", "fp16") else 4
     offload_s = serial_s = zero_gpu = 0.0
     knobs = zero_knobs(model.hidden, z, training.zero_buckets, not gpu.is_cpu)
+    adamw_bytes = ADAMW_FUSED_BYTES if training.fused_step else ADAMW_FOREACH_BYTES
     if engine == "torch":
         opt_gpu, opt_host_serial, ds_host = shape.params * ADAMW_FUSED_BYTES / bw, 10 * TENSOR_OP_S * hs, 0.0
     elif z in (1, 2):
+        no_check = training.fused_step and training.precision == "bf16"   # bf16.check_grad_overflow false
         ds_host, zero_gpu, serial_s, opt_gpu = _zero12_step(tensors, shape.params, dp, z, m, bw,
-                                                             layout.offload != "none", knobs, hs)
+                                                             layout.offload != "none", knobs, hs,
+                                                             fused=training.fused_step, overflow_check=not no_check)
         opt_host_serial = 0.0
         if layout.offload != "none":
             offload_s = local / CPU_ADAM_PARAMS_PER_S + 6 * local / (PCIE_GBPS * 1e9)
@@ -127,9 +134,9 @@ def estimate_time(model: ModelSpec, cluster: Cluster, layout: Layout, training: 
             offload_s = local / CPU_ADAM_PARAMS_PER_S + 6 * local / (PCIE_GBPS * 1e9)
             opt_gpu = 0.0
         elif z == 0:
-            opt_gpu = shape.params * (ADAMW_FOREACH_BYTES + UNFUSED_EXTRA_BYTES) / bw
+            opt_gpu = shape.params * (adamw_bytes + UNFUSED_EXTRA_BYTES) / bw
         else:
-            opt_gpu = local * (ADAMW_FOREACH_BYTES + ZERO3_EXTRA_BYTES) / bw
+            opt_gpu = local * (adamw_bytes + ZERO3_EXTRA_BYTES) / bw
         opt_host_serial = 0.0
         if z == 0:   # per-tensor .item() syncs: the step's host work cannot overlap the GPU
             opt_host_serial, ds_host = ds_host + tensors * SYNC_S * hs, tensors * _calls(ZERO0_ALLREDUCE_OPS) * hs
@@ -159,7 +166,8 @@ def _calls(ops: tuple[int, int]) -> float:
 
 
 def _zero12_step(tensors: int, stage_params: int, dp: int, z: int, m: int, bw: float,
-                 offload: bool, knobs, hs: float = 1.0) -> tuple[float, float, float, float]:
+                 offload: bool, knobs, hs: float = 1.0, fused: bool = False,
+                 overflow_check: bool = True) -> tuple[float, float, float, float]:
     """DeepSpeed ZeRO-1/2 gradient handling and step() on one rank, read off stage_1_and_2.py (0.19.8).
 
     Returns (host seconds that race the forward/backward, GPU seconds that join that race, seconds of the
@@ -170,21 +178,24 @@ def _zero12_step(tensors: int, stage_params: int, dp: int, z: int, m: int, bw: f
     walking the grads after backward. step(): the overflow check
     (per-tensor amax/amin, then .item()), the float64 norm (per-tensor .to(double) + vector_norm, then
     bool()), then flatten, upcast, clip, foreach AdamW and the downcast on the flat fp32 partition.
-    hs scales the host seconds (GPUType.host_overhead).
+    hs scales the host seconds (GPUType.host_overhead). fused: torch's fused AdamW instead of foreach;
+    overflow_check False (bf16.check_grad_overflow off): no per-tensor check, its .item(), nor the norm's bool().
     """
     local_tensors = -(-tensors // dp)
     local = stage_params // dp
     passes = m if z == 2 else 1      # ZeRO-2 reduces every micro-batch; ZeRO-1 once, at the boundary
     host = DS_FIXED_S[z] + passes * (tensors * _calls(ZERO12_BWD_OPS) + local_tensors * _calls(ZERO12_PARTITION_OPS))
-    host += local_tensors * _calls(OVERFLOW_OPS) + (tensors * _calls(ZERO1_WALK_OPS) if z == 1 else 0.0) * (
-        not knobs.overlap_comm)
+    host += local_tensors * _calls(OVERFLOW_OPS) * overflow_check + (
+        tensors * _calls(ZERO1_WALK_OPS) if z == 1 else 0.0) * (not knobs.overlap_comm)
     if knobs.overlap_comm:
         host += passes * (-(-stage_params // max(knobs.reduce_bucket, 1)) + 1) * SYNC_S
     host *= hs
     race_gpu = (passes * (stage_params * ZERO12_BWD_BYTES + local * ZERO12_PARTITION_BYTES)
-                + local * ZERO12_CHECK_BYTES) / bw + local_tensors * 2 * KERNEL_GPU_S
+                + local * ZERO12_CHECK_BYTES * overflow_check) / bw + local_tensors * 2 * KERNEL_GPU_S
     norm_host = local_tensors * (_calls(NORM_OPS) + (SYNC_S if offload else 0.0)) * hs  # offload: .item() per tensor
-    norm = max(norm_host, local * ZERO12_NORM_BYTES / bw + local_tensors * 2 * KERNEL_GPU_S) + 2 * SYNC_S * hs
-    opt_gpu = 0.0 if offload else local * (ZERO12_FLAT_BYTES + ADAMW_FOREACH_BYTES) / bw
+    norm = max(norm_host, local * ZERO12_NORM_BYTES / bw + local_tensors * 2 * KERNEL_GPU_S) + (
+        2 * SYNC_S * hs * overflow_check)
+    adamw = ADAMW_FUSED_BYTES if fused else ADAMW_FOREACH_BYTES
+    opt_gpu = 0.0 if offload else local * (ZERO12_FLAT_BYTES + adamw) / bw
     opt = max((local_tensors * _calls(REBIND_OPS) + STEP_FLAT_OPS * TENSOR_OP_S) * hs, opt_gpu)
     return host, race_gpu, norm + opt, opt_gpu

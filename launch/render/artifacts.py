@@ -26,6 +26,7 @@ from ..commands import (Command, RunSpec, ShellVar, deepspeed_command, sbatch_co
                        slurm_filename, srun_torchrun_line, torchrun_command)
 from .. import rundir
 from .ds_config import DsConfigContext, Schedule, ds_config_context
+from .speed import program_estimate
 from .hf import hf_files
 
 _SLURM_TIME = re.compile(r"(\d+-)?\d+(:\d{1,2}){0,2}\Z|(\d+-)?\d+:\d{1,2}:\d{1,2}\Z")
@@ -85,9 +86,17 @@ def _run_spec(est: Estimate, opts: RenderOptions, run_dir: Path) -> RunSpec:
     try:
         return RunSpec(run_dir=str(run_dir), nodes=cluster.nodes, procs_per_node=cluster.gpus_per_node, hosts=hosts,
                        master_addr=hosts[0] if hosts else "127.0.0.1", master_port=opts.master_port,
-                       cpu=est.cluster.gpu.is_cpu, python=opts.python, train_args=train_args)
+                       cpu=est.cluster.gpu.is_cpu, python=opts.python, train_args=train_args,
+                       threads_per_rank=max(1, _cpus_per_node(est, opts) // cluster.gpus_per_node),
+                       megatron_layers=est.layout.tp > 1 and est.layout.pp > 1)
     except ValueError as e:
         raise RenderError(str(e)) from None
+
+
+def _cpus_per_node(est: Estimate, opts: RenderOptions) -> int:
+    """Cores one node gives the job: --cpus-per-task, else 8 per GPU or 1 per CPU process (job.sbatch asks
+    SLURM for this many; the launch scripts split it into one OpenMP pool per rank)."""
+    return opts.cpus_per_task or est.cluster.gpus_per_node * (1 if est.cluster.gpu.is_cpu else 8)
 
 
 def _environment():
@@ -125,6 +134,7 @@ def _script_lines(cmd: Command, indent: str = "  ") -> str:
 
 def render_files(plan: dict, est: Estimate, opts: RenderOptions, run_dir: Path) -> dict[str, str]:
     """All artifacts as {file name: text}, validated; nothing is written."""
+    est = program_estimate(est)   # compile and the fused step where the program will use them
     run = _run_spec(est, opts, run_dir)
     env = _environment()
     ds_ctx = ds_config_context(est, opts.schedule)
@@ -152,7 +162,7 @@ def render_files(plan: dict, est: Estimate, opts: RenderOptions, run_dir: Path) 
     files[rundir.LAUNCH_TORCHRUN_SH] = env.get_template("launch_torchrun.sh.j2").render(
         cmd=torchrun_command(run, node_rank=0 if run.nodes == 1 else ShellVar("NODE_RANK"),
                              master_addr=torchrun_addr), **common)
-    cpus = opts.cpus_per_task or gpus_per_node * (1 if cpu else 8)
+    cpus = _cpus_per_node(est, opts)
     files[rundir.JOB_SBATCH] = env.get_template("job.sbatch.j2").render(
         srun=srun_torchrun_line(run), sbatch=sbatch_command(run.run_dir), cpus_per_task=cpus,
         partition=opts.partition, time=opts.time, account=opts.account,
@@ -283,6 +293,7 @@ def render(plan: dict, est: Estimate, opts: RenderOptions) -> RenderResult:
     """Render and write the run directory for `est` (the plan's chosen or overridden layout)."""
     run_dir = Path(opts.out).expanduser().resolve()
     check_target(run_dir, force=opts.force)
+    est = program_estimate(est)
     files = render_files(plan, est, opts, run_dir)
     write_run_dir(files, run_dir, force=opts.force)
     return RenderResult(run_dir, tuple(sorted(files)), est)

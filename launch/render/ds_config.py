@@ -64,6 +64,8 @@ class DsConfigContext:
     offload_param: bool
     pin_memory: bool
     torch_adam: bool                     # torch.optim.AdamW; False = DeepSpeedCPUAdam for optimizer offload
+    fused_adamw: bool                    # torch's fused AdamW kernel (optimizer.params.fused, passed through)
+    check_grad_overflow: bool            # bf16 overflow check: a per-tensor scan and a host sync every step
     tp: int
     tp_preset: str                       # "" (shardplan's GPT-2 specs) or a DeepSpeed preset name ("llama")
     tp_layer_specs: tuple[dict, ...]
@@ -107,6 +109,12 @@ def ds_config_context(est: Estimate, schedule: Schedule) -> DsConfigContext:
         # torch's AdamW (what the memory model and the calibration assume), except for optimizer offload to a
         # GPU's host: DeepSpeedCPUAdam (JIT-built C++ op) is several times faster there (ZeRO-Offload, §5).
         torch_adam=not (layout.offload != "none" and not cpu),
+        # Training.fused_step (render sets it for GPU runs, launch/render/speed.py): DeepSpeed hands optimizer
+        # params to torch.optim.AdamW as they are (engine.py get_optimizer_configuration), so "fused": true reaches
+        # torch's one-pass kernel; bf16 cannot overflow like fp16, so its per-step overflow scan and the .item()
+        # it waits on (zero/stage_1_and_2.py step) buy nothing (torch AMP and Megatron do not check in bf16).
+        fused_adamw=est.training.fused_step and not (layout.offload != "none" and not cpu),
+        check_grad_overflow=not est.training.fused_step,
         tp=layout.tp,
         tp_preset="llama" if model.arch == "llama" else "",
         # The training program's own module names (launch/train/spec.py), so AutoTP shards what it builds.

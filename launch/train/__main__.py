@@ -34,6 +34,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="start fresh even though the run dir already has checkpoints")
     p.add_argument("--checkpoint-every", type=int, default=0, help="save every N steps (always at the end)")
     p.add_argument("--seed", type=int, default=0, help="weights and data order")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the model through the DeepSpeed engine (default: plan.json's "
+                        "training.compile, which render turns on for GPU layouts that support it)")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -50,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 
     opts = Options(run_dir=args.run_dir, steps=args.steps, data=args.data, tokenizer=args.tokenizer,
                    init_from=args.init_from, resume=args.resume, overwrite_checkpoints=args.overwrite_checkpoints,
-                   checkpoint_every=args.checkpoint_every, seed=args.seed)
+                   checkpoint_every=args.checkpoint_every, seed=args.seed, compile=args.compile)
     try:
         summary = run(opts)
     except (RunConfigError, CheckpointError, DataError, UserError) as e:

@@ -27,6 +27,7 @@ class RunConfig:
     seq_len: int
     precision: str
     ds_config: dict             # what is handed to deepspeed.initialize (see engine_config)
+    compile: bool = False       # plan.json training.compile: render's choice (--compile/--no-compile override it)
 
     @property
     def method(self) -> str:
@@ -66,7 +67,8 @@ def load_run_config(run_dir: Path, world_size: int) -> RunConfig:
     model_dict, training = plan["best"]["model"], plan["best"]["training"]
     model = GPTConfig.from_model_dict(model_dict, layout.checkpointing)
     run = RunConfig(run_dir=run_dir, model=model, model_dict=model_dict, layout=layout,
-                    seq_len=training["seq_len"], precision=training.get("precision", "fp32"), ds_config=ds)
+                    seq_len=training["seq_len"], precision=training.get("precision", "fp32"), ds_config=ds,
+                    compile=bool(training.get("compile", False)))
     _check(run, ds, world_size, training)
     return run
 

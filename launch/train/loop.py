@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shardplan.launch import rundir
+from shardplan.planner.layout import compile_refusal
 from shardplan.planner.model import ModelSpec
 
 from . import checkpoint as ckpt
@@ -26,6 +27,7 @@ class Options:
     overwrite_checkpoints: bool = False
     checkpoint_every: int = 0        # 0: only at the end
     seed: int = 0
+    compile: bool | None = None      # torch.compile the model; None: plan.json's training.compile
 
 
 class UserError(ValueError):
@@ -72,6 +74,10 @@ def run(opts: Options) -> dict | None:
                                 "pip install 'shardplan[megatron]' (or re-plan with --tp 1 or --pp 1)") from None
         if opts.steps < 1:
             raise UserError(f"--steps ({opts.steps}) must be at least 1")
+        use_compile = run_cfg.compile if opts.compile is None else opts.compile
+        refusal = compile_refusal(layout) if use_compile else None
+        if refusal:
+            raise UserError(f"--compile: {refusal}")
         init_state = None
         if opts.init_from:
             if layout.tp > 1 and layout.pp > 1:
@@ -100,6 +106,9 @@ def run(opts: Options) -> dict | None:
                       grad_accum=layout.grad_accum, dp=layout.dp, seed=opts.seed)
 
     trainer = build_trainer(run_cfg, opts.seed, init_state)
+    if use_compile:
+        from .speed import compile_engine
+        compile_engine(trainer.engine)
     scheduler = trainer.engine.lr_scheduler
     if getattr(scheduler, "last_batch_iteration", None) == -1 and hasattr(scheduler, "step"):
         # DeepSpeed's Warmup* schedules start at iteration -1, which gives the first optimizer step lr 0
@@ -127,6 +136,7 @@ def run(opts: Options) -> dict | None:
     facts = [None] * world_size
     dist.all_gather_object(facts, {"rank": rank, **trainer.rank_facts()})
     summary = metrics.summary({"resumed_from": start, "layout": run_cfg.layout_dict(), "method": run_cfg.method,
+                               "compile": bool(use_compile),
                                "ranks": facts, "checkpoint": ckpt.latest_tag(ckpt_dir)})
     _teardown(trainer)
     return summary

@@ -38,6 +38,7 @@ class Trainer:
     tp_rank: int
     pp_stage: int
     dp_group: object
+    optimizer: str = ""      # which AdamW runs (speed.fused_adamw_config): fused, or the foreach fallback
 
     def train_step(self, step: int, tokens: np.ndarray, sampler: Sampler) -> float:
         """One optimizer step over grad_accum micro-batches; returns the global mean loss (same on every rank)."""
@@ -69,14 +70,16 @@ class Trainer:
                 sharded += p.ds_numel if hasattr(p, "ds_numel") else p.numel()
         blocks = sum(1 for m in module.modules() if type(m).__name__ in ("Block", "PipeBlock"))
         return {"dp_rank": self.dp_rank, "tp_rank": self.tp_rank, "pp_stage": self.pp_stage,
-                "params_held": held, "projection_weights": sharded, "blocks": blocks}
+                "params_held": held, "projection_weights": sharded, "blocks": blocks, "optimizer": self.optimizer}
 
 
 def build_trainer(run: RunConfig, seed: int, init_state: dict | None) -> Trainer:
     import deepspeed
     from deepspeed.utils import groups
 
-    config = run.engine_config()
+    from .speed import fused_adamw_config, fused_devices
+    config, optimizer = fused_adamw_config(run.engine_config(), "cuda" if torch.cuda.is_available() else "cpu",
+                                           fused_devices())
     if run.layout.pp > 1:
         from .pipe import build_pipeline
         module = build_pipeline(run, seed, init_state)
@@ -90,7 +93,7 @@ def build_trainer(run: RunConfig, seed: int, init_state: dict | None) -> Trainer
             if coords != (grid.get_stage_id(), grid.data_parallel_id, grid.get_slice_parallel_rank()):
                 raise RuntimeError(f"Megatron groups (pp, dp, tp) {coords} do not match DeepSpeed's pipeline "
                                    f"grid {(grid.get_stage_id(), grid.data_parallel_id, grid.get_slice_parallel_rank())}")
-        return Trainer(engine, run, True, grid.data_parallel_id, tp_rank, grid.get_stage_id(), grid.dp_group)
+        return Trainer(engine, run, True, grid.data_parallel_id, tp_rank, grid.get_stage_id(), grid.dp_group, optimizer)
     model = GPT(run.model, seed)
     if init_state is not None:
         model.load_state_dict(init_state, strict=True)
@@ -105,4 +108,4 @@ def build_trainer(run: RunConfig, seed: int, init_state: dict | None) -> Trainer
     dp_group = groups._get_data_parallel_group()
     import deepspeed.comm as dist
     dp_rank = dist.get_rank(group=dp_group) if run.layout.dp > 1 else 0
-    return Trainer(engine, run, False, dp_rank, tp_rank, 0, dp_group)
+    return Trainer(engine, run, False, dp_rank, tp_rank, 0, dp_group, optimizer)

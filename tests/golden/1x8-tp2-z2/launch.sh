@@ -6,7 +6,9 @@
 #   bash launch.sh [extra training arguments, e.g. --steps 5 --resume]
 # Per-rank logs: <RUN_DIR>/logs/<timestamp>_rank<N>.log
 set -euo pipefail
+export OMP_NUM_THREADS=8
 export PYTHONUNBUFFERED=1
+export TORCH_NCCL_ASYNC_ERROR_HANDLING=1
 mkdir -p <RUN_DIR>/logs
 exec python3 -u \
   -m deepspeed.launcher.runner \

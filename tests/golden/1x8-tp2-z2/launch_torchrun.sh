@@ -8,7 +8,9 @@
 #   (global rank = N x 8 + local rank)
 # --max-restarts 0: when one rank dies the whole job ends (no hang until a collective times out).
 set -euo pipefail
+export OMP_NUM_THREADS=8
 export PYTHONUNBUFFERED=1
+export TORCH_NCCL_ASYNC_ERROR_HANDLING=1
 mkdir -p <RUN_DIR>/logs
 exec python3 -u \
   -m torch.distributed.run \

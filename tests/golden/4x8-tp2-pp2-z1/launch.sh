@@ -7,7 +7,10 @@
 # Per-rank logs: <RUN_DIR>/logs/<timestamp>_rank<N>.log
 # Several nodes: the launcher reaches the hosts in the hostfile over pdsh/ssh (passwordless ssh needed).
 set -euo pipefail
+export CUDA_DEVICE_MAX_CONNECTIONS=1
+export OMP_NUM_THREADS=8
 export PYTHONUNBUFFERED=1
+export TORCH_NCCL_ASYNC_ERROR_HANDLING=1
 mkdir -p <RUN_DIR>/logs
 exec python3 -u \
   -m deepspeed.launcher.runner \

@@ -9,7 +9,10 @@
 # --max-restarts 0: when one rank dies the whole job ends (no hang until a collective times out).
 set -euo pipefail
 : "${NODE_RANK:?set NODE_RANK to the index of this node, 0..3}"
+export CUDA_DEVICE_MAX_CONNECTIONS=1
+export OMP_NUM_THREADS=8
 export PYTHONUNBUFFERED=1
+export TORCH_NCCL_ASYNC_ERROR_HANDLING=1
 mkdir -p <RUN_DIR>/logs
 exec python3 -u \
   -m torch.distributed.run \

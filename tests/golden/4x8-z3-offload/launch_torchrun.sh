@@ -10,7 +10,9 @@
 set -euo pipefail
 : "${NODE_RANK:?set NODE_RANK to the index of this node, 0..3}"
 : "${MASTER_ADDR:?set MASTER_ADDR to the address of node 0}"
+export OMP_NUM_THREADS=8
 export PYTHONUNBUFFERED=1
+export TORCH_NCCL_ASYNC_ERROR_HANDLING=1
 mkdir -p <RUN_DIR>/logs
 exec python3 -u \
   -m torch.distributed.run \

@@ -7,6 +7,7 @@
 # Per-rank logs: <RUN_DIR>/logs/<timestamp>_rank<N>.log
 set -euo pipefail
 export DS_ACCELERATOR=cpu
+export OMP_NUM_THREADS=1
 export PYTHONUNBUFFERED=1
 mkdir -p <RUN_DIR>/logs
 exec python3 -u \

@@ -9,6 +9,7 @@
 # --max-restarts 0: when one rank dies the whole job ends (no hang until a collective times out).
 set -euo pipefail
 export DS_ACCELERATOR=cpu
+export OMP_NUM_THREADS=1
 export PYTHONUNBUFFERED=1
 mkdir -p <RUN_DIR>/logs
 exec python3 -u \
