@@ -47,7 +47,10 @@ class RunConfig:
             cfg.pop("tensor_parallel", None)
         elif self.layout.tp > 1:
             tp_section = cfg.setdefault("tensor_parallel", {})
-            tp_section.setdefault("partition_config", autotp_partition_config())
+            if getattr(self.model, "is_hf", False):
+                self.model.tensor_parallel(tp_section)
+            else:
+                tp_section.setdefault("partition_config", autotp_partition_config())
         return cfg
 
 
@@ -65,7 +68,15 @@ def load_run_config(run_dir: Path, world_size: int) -> RunConfig:
     except rundir.RunDirError as e:
         raise RunConfigError(str(e)) from None
     model_dict, training = plan["best"]["model"], plan["best"]["training"]
-    model = GPTConfig.from_model_dict(model_dict, layout.checkpointing)
+    record = rundir.hf_model(plan)   # --model was a local Hugging Face model: transformers builds it (hf_model.py)
+    try:
+        if record is not None:
+            from .hf_spec import HFModelConfig
+            model = HFModelConfig.from_plan(run_dir, record, model_dict, layout)
+        else:
+            model = GPTConfig.from_model_dict(model_dict, layout.checkpointing)
+    except ValueError as e:
+        raise RunConfigError(str(e)) from None
     run = RunConfig(run_dir=run_dir, model=model, model_dict=model_dict, layout=layout,
                     seq_len=training["seq_len"], precision=training.get("precision", "fp32"), ds_config=ds,
                     compile=bool(training.get("compile", False)))

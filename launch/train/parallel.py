@@ -68,7 +68,8 @@ class Trainer:
             held += n
             if any(f".{k}." in f".{name}" for k in COLUMN_PARALLEL + ROW_PARALLEL) and name.endswith("weight"):
                 sharded += p.ds_numel if hasattr(p, "ds_numel") else p.numel()
-        blocks = sum(1 for m in module.modules() if type(m).__name__ in ("Block", "PipeBlock"))
+        blocks = sum(1 for m in module.modules() if type(m).__name__ in ("Block", "PipeBlock")
+                     or type(m).__name__.endswith("DecoderLayer"))   # transformers' decoder layers
         return {"dp_rank": self.dp_rank, "tp_rank": self.tp_rank, "pp_stage": self.pp_stage,
                 "params_held": held, "projection_weights": sharded, "blocks": blocks, "optimizer": self.optimizer}
 
@@ -94,7 +95,11 @@ def build_trainer(run: RunConfig, seed: int, init_state: dict | None) -> Trainer
                 raise RuntimeError(f"Megatron groups (pp, dp, tp) {coords} do not match DeepSpeed's pipeline "
                                    f"grid {(grid.get_stage_id(), grid.data_parallel_id, grid.get_slice_parallel_rank())}")
         return Trainer(engine, run, True, grid.data_parallel_id, tp_rank, grid.get_stage_id(), grid.dp_group, optimizer)
-    model = GPT(run.model, seed)
+    if getattr(run.model, "is_hf", False):   # a local Hugging Face decoder, built by transformers
+        from .hf_model import build_hf_model
+        model = build_hf_model(run.model, run.model_dict, seed)
+    else:
+        model = GPT(run.model, seed)
     if init_state is not None:
         model.load_state_dict(init_state, strict=True)
     mpu = None
