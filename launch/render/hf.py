@@ -21,10 +21,10 @@ from .ds_config import Schedule
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
-# Keys the Trainer fills from TrainingArguments (and checks when they are numbers): left "auto" here.
+# Keys the Trainer fills from TrainingArguments (and checks when they are numbers): left "auto" here. Betas and
+# eps stay numbers (equal to training_args.json's adam_beta1/2, adam_epsilon): accelerate alone never fills them.
 _AUTO_KEYS = (("train_micro_batch_size_per_gpu",), ("gradient_accumulation_steps",), ("gradient_clipping",),
-              ("optimizer", "params", "lr"), ("optimizer", "params", "betas"), ("optimizer", "params", "eps"),
-              ("optimizer", "params", "weight_decay"), ("scheduler", "params", "total_num_steps"),
+              ("optimizer", "params", "lr"), ("optimizer", "params", "weight_decay"), ("scheduler", "params", "total_num_steps"),
               ("scheduler", "params", "warmup_num_steps"))
 
 
