@@ -76,6 +76,9 @@ CONF
 
 start_munge() {
     if alive "$MUNGE_PID"; then return 0; fi
+    # A munged that is not ours (started by the package's postinst, or its pid file gone) holds the socket:
+    # use it rather than fail on its lock.
+    if pgrep -x munged >/dev/null; then return 0; fi
     mkdir -p /run/munge && chown munge:munge /run/munge
     if [[ ! -s /etc/munge/munge.key ]]; then
         mungekey --create >/dev/null 2>&1 || dd if=/dev/urandom of=/etc/munge/munge.key bs=1 count=1024 2>/dev/null

@@ -59,6 +59,7 @@ from pathlib import Path
 
 from shardplan.planner.cluster import CATALOG, Cluster, GiB
 from shardplan.planner.estimate import Training
+from shardplan.planner.evaluate import evaluate
 from shardplan.planner.layout import Layout
 from shardplan.planner.memory import ALLOCATOR_EXCESS, memory_phases
 from shardplan.planner.model import ModelSpec
@@ -129,10 +130,11 @@ def predict(row: dict, excess: float = ALLOCATOR_EXCESS) -> dict:
     model = MODELS[row["model"]]
     cluster = Cluster(int(row["nodes"]), 8, CATALOG["H100-80GB"])
     dp, zero = int(row["dp"]), int(row["zero"])
-    layout = Layout(dp=dp, tp=int(row["tp"]), pp=int(row["pp"]), zero_stage=zero,
-                    micro_batch=int(row["mbs"]), grad_accum=int(row["gas"]))
+    tp = int(row["tp"])
     # nanotron: fp32 gradient accumulation in every run, sequence + vocabulary parallel TP
-    training = Training(seq_len=4096, global_batch=int(row["gbs"]), sequence_parallel=True, grad_accum_dtype="fp32")
+    layout = Layout(dp=dp, tp=tp, pp=int(row["pp"]), zero_stage=zero, micro_batch=int(row["mbs"]),
+                    grad_accum=int(row["gas"]), sequence_parallel=tp > 1)
+    training = Training(seq_len=4096, global_batch=int(row["gbs"]), grad_accum_dtype="fp32")
     # BF16_Optimizer shards master + moments over dp; nanotron's ZeRO-0 keeps them whole: dp = 1 for memory
     mem_layout = Layout(**{**layout.to_dict(), "dp": 1}) if zero == 0 else layout
     # rank 0 (the only one nanotron's benchmark CSV reports) sits on the first pipeline stage, which holds
@@ -145,13 +147,19 @@ def predict(row: dict, excess: float = ALLOCATOR_EXCESS) -> dict:
     reserved = peak + excess * (acts + other)
     t = estimate_time(model, cluster, layout, training)
     tokens = layout.global_batch * training.seq_len
+    try:   # what `estimate --batch` does with the row: accepted unless the engine's rules refuse the layout
+        # (global batch 0 = the layout's own: 137 rows' gbs column is not their mbs x gas x dp)
+        evaluate(model, cluster, layout, replace(training, global_batch=0))
+        refusal = None
+    except ValueError as e:
+        refusal = str(e)
     ran = row["mem_gb"] != "nan"
     return {"model": row["model"], "nodes": int(row["nodes"]), "layout": layout.to_dict(),
             "predicted_peak_gib": peak / GiB, "predicted_reserved_gib": reserved / GiB,
             "predicted_fits": reserved <= cluster.gpu.memory_bytes,
             "ran": ran, "measured_gib": float(row["mem_gb"]) if ran else None,
             "predicted_tok_s_gpu": tokens / t.step_s / cluster.world_size,
-            "measured_tok_s_gpu": float(row["tok_s_gpu"]) if ran else None}
+            "measured_tok_s_gpu": float(row["tok_s_gpu"]) if ran else None, "refusal": refusal}
 
 
 def confusion(points: list[dict]) -> dict:
@@ -176,7 +184,8 @@ def summarize(points: list[dict]) -> dict:
         errs = [p["predicted_reserved_gib"] / p["measured_gib"] - 1 for p in ran]
         peak_errs = [p["predicted_peak_gib"] / p["measured_gib"] - 1 for p in ran]
         oom_only = [p for p in ps if p.get("status", "OOM" if not p["ran"] else "Success") != "Other"]
-        out[name] = {"runs": len(ps), "confusion": confusion(ps),
+        out[name] = {"runs": len(ps), "accepted_by_estimate": sum(p["refusal"] is None for p in ps),
+                     "confusion": confusion(ps),
                      "confusion_oom_only": confusion(oom_only) if len(oom_only) < len(ps) else None,
                      "memory_mape_on_ran": sum(map(abs, errs)) / len(errs) if errs else None,
                      "memory_median_err_on_ran": _median(errs),
@@ -248,6 +257,9 @@ def main() -> int:
     print(f"memory = predicted reserved (allocated peak of rank 0 + {ALLOCATOR_EXCESS} x its activations + other"
           f"{check}) vs mem_gb; the allocated peak alone: median "
           f"{summ['all']['allocated_peak_median_err_on_ran']:+.1%}")
+    refused = [p for p in points if p["refusal"]]
+    print(f"estimate accepts {summ['all']['accepted_by_estimate']} of {summ['all']['runs']} runs (the same evaluate() "
+          f"as `estimate --batch`)" + (f"; first refusal: {refused[0]['refusal']}" if refused else ""))
     oom = summ["all"]["confusion_oom_only"]
     if oom:
         print(f"crashes that were out of memory only ({oom['fit_crashed'] + oom['oom_crashed']} of "

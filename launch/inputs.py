@@ -96,7 +96,8 @@ def _positive(name: str, value) -> None:
         raise ValueError(f"{name}({value!r}) must be a positive number of GB/s")
 
 
-def build_training(model, seq=None, global_batch=None, global_batch_tokens=None, precision="bf16"):
+def build_training(model, seq=None, global_batch=None, global_batch_tokens=None, precision="bf16",
+                   engine="deepspeed"):
     """Training from --seq (default: the model's usual length), --global-batch or --global-batch-tokens."""
     seq = seq or getattr(model, "default_seq_len", 0) or model.max_seq_len
     if model.arch == "gpt2" and seq > model.max_seq_len:
@@ -109,7 +110,7 @@ def build_training(model, seq=None, global_batch=None, global_batch_tokens=None,
     if global_batch is not None and (isinstance(global_batch, bool) or not isinstance(global_batch, int)
                                      or global_batch < 1):
         raise ValueError(f"global batch({global_batch!r}) must be a positive number of sequences")
-    return Training(seq_len=seq, global_batch=global_batch or 0, precision=precision)
+    return Training(seq_len=seq, global_batch=global_batch or 0, precision=precision, engine=engine or "deepspeed")
 
 
 def inputs_from_options(opts: dict):
@@ -119,7 +120,7 @@ def inputs_from_options(opts: dict):
     if opts.get("gpus") is not None:
         cluster = use_gpus(cluster, opts["gpus"])
     training = build_training(model, opts.get("seq"), opts.get("global_batch"), opts.get("global_batch_tokens"),
-                              opts.get("precision") or "bf16")
+                              opts.get("precision") or "bf16", opts.get("engine") or "deepspeed")
     headroom = parse_headroom(opts.get("headroom", "10%"))
     return model, cluster, training, headroom
 
@@ -127,11 +128,12 @@ def inputs_from_options(opts: dict):
 def build_layout(cluster, training, given: dict):
     """A Layout from flag values: dp defaults to GPUs/(tp·pp), grad_accum to what reaches the global batch."""
     tp, pp, micro = given.get("tp") or 1, given.get("pp") or 1, given.get("micro_batch") or 1
+    cp = given.get("cp") or 1
     dp = given.get("dp")
     if dp is None:
-        if cluster.world_size % (tp * pp):
-            raise ValueError(f"tp({tp})·pp({pp}) must divide the {cluster.world_size} GPUs of {cluster.spec}")
-        dp = cluster.world_size // (tp * pp)
+        if cluster.world_size % (tp * pp * cp):
+            raise ValueError(f"tp({tp})·pp({pp})·cp({cp}) must divide the {cluster.world_size} GPUs of {cluster.spec}")
+        dp = cluster.world_size // (tp * pp * cp)
     accum = given.get("grad_accum")
     if accum is None:
         accum = 1
@@ -140,8 +142,22 @@ def build_layout(cluster, training, given: dict):
                 raise ValueError(f"global batch {training.global_batch} is not a multiple of micro_batch({micro})"
                                  f"·dp({dp}) = {micro * dp}; change --micro-batch or --global-batch")
             accum = training.global_batch // (dp * micro)
+    sp = given.get("sp")
     return Layout(dp=dp, tp=tp, pp=pp, zero_stage=given.get("zero") or 0, micro_batch=micro, grad_accum=accum,
-                  checkpointing=given.get("checkpointing") or "none", offload=given.get("offload") or "none")
+                  checkpointing=given.get("checkpointing") or "none", offload=given.get("offload") or "none",
+                  sequence_parallel=bool(sp) if sp is not None else False, cp=cp, vpp=given.get("vpp") or 1,
+                  pp_layers=parse_pp_layers(given.get("pp_layers")))
+
+
+def parse_pp_layers(value):
+    """--pp-layers "7,8,8,7" (or a --batch list) -> (7, 8, 8, 7); None when not given."""
+    if value is None or isinstance(value, (list, tuple)):
+        return value
+    try:
+        return tuple(int(part) for part in str(value).split(","))
+    except ValueError:
+        raise ValueError(f"pp_layers({value!r}) must be comma-separated layer counts, one per stage, "
+                         "e.g. --pp-layers 7,8,8,7") from None
 
 
 def _keys(d, what: str, known) -> dict:
@@ -160,7 +176,7 @@ def _keys(d, what: str, known) -> dict:
 
 def resolve_request(request, opts: dict, layout_opts: dict, cache: dict):
     """One --batch line -> (model, cluster, training, headroom, layout); the flags fill what the line omits."""
-    request = _keys(request, "request", ("model", "cluster", "layout", "overrides", "training"))
+    request = _keys(request, "request", ("model", "cluster", "engine", "layout", "overrides", "training"))
     overrides = _keys(request.get("overrides", {}), "overrides", MODEL_OVERRIDES + CLUSTER_OVERRIDES)
     training = _keys(request.get("training", {}), "training",
                      ("seq", "global_batch", "global_batch_tokens", "precision", "headroom", "engine", "zero_buckets"))
@@ -178,7 +194,8 @@ def resolve_request(request, opts: dict, layout_opts: dict, cache: dict):
         cache[key] = load_cluster(spec, cluster_over)
     cluster = cache[key]
     t = {k: training.get(k, opts.get(k)) for k in ("seq", "global_batch", "global_batch_tokens", "precision")}
-    built = build_training(model, t["seq"], t["global_batch"], t["global_batch_tokens"], t["precision"] or "bf16")
+    built = build_training(model, t["seq"], t["global_batch"], t["global_batch_tokens"], t["precision"] or "bf16",
+                           request.get("engine", opts.get("engine")) or "deepspeed")
     # who ran the step and which ZeRO buckets it used (measured lines: plain PyTorch, DeepSpeed's defaults)
     built = dataclasses.replace(built, **{k: training[k] for k in ("engine", "zero_buckets") if k in training})
     headroom = parse_headroom(training.get("headroom", opts.get("headroom", "10%")))

@@ -16,16 +16,17 @@ class Training:
     global_batch: int = 0          # sequences per optimizer step; 0 = take the layout's
     precision: Precision = "bf16"
     optimizer: str = "adamw"
-    # Who runs the step: "deepspeed" (shardplan's program on the DeepSpeed engine) or "torch" (plain
-    # PyTorch AMP + fused AdamW, one GPU; only the calibration's reference rows use it).
+    # Who runs the step: "deepspeed" (shardplan's program on the DeepSpeed engine), "megatron" (Megatron-LM's
+    # pretrain_gpt.py on megatron-core: planner/megatron/) or "torch" (plain PyTorch AMP + fused AdamW, one
+    # GPU; only the calibration's reference rows use it).
     engine: str = "deepspeed"
+    # Megatron's core attention: "flash" (TE/flash kernels, megatron-core's default) or "unfused" (explicit
+    # QK^T, fused scale-mask-softmax, dropout, AV: --attention-backend unfused, and every Megatron run before
+    # flash attention, such as the published 2021-2022 ones). shardplan's own program always runs SDPA/flash.
+    attention: str = "flash"
     # Which ZeRO buffer sizes the ds_config carries: "shardplan" (what render writes, planner/ds_knobs.py)
     # or "deepspeed" (DeepSpeed's defaults: 5e8-element buckets, overlap_comm only for ZeRO-3).
     zero_buckets: str = "shardplan"
-    # Megatron/nanotron-style sequence parallelism with a vocabulary-parallel embedding and loss: norms,
-    # residuals and logits split over tp too (Korthikanti et al. 2022, 34/t). shardplan's own program
-    # (DeepSpeed AutoTP) runs without it; benchmarks/playbook.py turns it on for nanotron's runs.
-    sequence_parallel: bool = False
     # Gradient accumulation dtype (ds_config data_types.grad_accum_dtype): "model" (DeepSpeed's default:
     # the model dtype) or "fp32" (bf16 with ZeRO 0/1 then runs BF16_Optimizer with a full fp32 gradient
     # buffer, as nanotron does by default).
@@ -46,8 +47,14 @@ class Training:
             raise ValueError(f"precision({self.precision!r}) must be one of {', '.join(PRECISIONS)}")
         if self.optimizer != "adamw":
             raise ValueError(f"optimizer({self.optimizer!r}): only adamw is modelled")
-        if self.engine not in ("deepspeed", "torch"):
-            raise ValueError(f"engine({self.engine!r}) must be 'deepspeed' or 'torch'")
+        if self.engine not in ("deepspeed", "megatron", "torch"):
+            raise ValueError(f"engine({self.engine!r}) must be 'deepspeed' or 'megatron' (or 'torch' for plain "
+                             "PyTorch measurements)")
+        if self.attention not in ("flash", "unfused"):
+            raise ValueError(f"attention({self.attention!r}) must be 'flash' or 'unfused'")
+        if self.attention == "unfused" and self.engine != "megatron":
+            raise ValueError("attention('unfused') is Megatron's --attention-backend unfused; shardplan's DeepSpeed "
+                             "program runs flash attention (SDPA): use --engine megatron")
         if self.grad_accum_dtype not in ("model", "fp32"):
             raise ValueError(f"grad_accum_dtype({self.grad_accum_dtype!r}) must be 'model' or 'fp32'")
         if self.zero_buckets not in ("shardplan", "deepspeed"):
@@ -143,7 +150,8 @@ class Estimate:
         return flops / peak
 
     def to_dict(self) -> dict:
-        return {"model": self.model.to_dict(), "cluster": self.cluster.to_dict(), "layout": self.layout.to_dict(),
+        return {"engine": self.training.engine, "model": self.model.to_dict(), "cluster": self.cluster.to_dict(),
+                "layout": self.layout.to_dict(),
                 "training": {"seq_len": self.training.seq_len, "global_batch": self.layout.global_batch,
                              "precision": self.training.precision, "optimizer": self.training.optimizer,
                              "compile": self.training.compile, "fused_step": self.training.fused_step},

@@ -5,39 +5,47 @@ from __future__ import annotations
 import dataclasses
 
 from .cluster import Cluster
+from .engines import check_engine_layout
 from .estimate import Estimate, MemoryBreakdown, Training
 from .layout import Layout, divisors
-from .memory import estimate_memory
+from .cost import estimate_memory
 from .model import ModelSpec
-from .timing import estimate_time
+from .cost import estimate_time
 
 
 def usable_bytes(capacity: int, headroom: float) -> float:
     return capacity * (1 - headroom)
 
 
-def check_layout(model: ModelSpec, cluster: Cluster, layout: Layout) -> None:
-    """Raise ValueError naming the value and the fix when the layout cannot run on this model and cluster."""
+def check_layout(model: ModelSpec, cluster: Cluster, layout: Layout, engine: str = "deepspeed",
+                 seq_len: int = 0) -> None:
+    """Raise ValueError naming the value and the fix when the layout cannot run on this model and cluster
+    (what every engine needs here, then the engine's own rules: planner/engines.py)."""
     if layout.world_size != cluster.world_size:
-        raise ValueError(f"dp({layout.dp})·tp({layout.tp})·pp({layout.pp}) = {layout.world_size} must equal the "
+        cp = f"·cp({layout.cp})" if layout.cp > 1 else ""
+        raise ValueError(f"dp({layout.dp})·tp({layout.tp})·pp({layout.pp}){cp} = {layout.world_size} must equal the "
                          f"cluster's {cluster.world_size} GPUs ({cluster.spec}); leave --dp out to derive it")
-    if layout.tp > cluster.gpus_per_node or cluster.gpus_per_node % layout.tp:
-        raise ValueError(f"tp({layout.tp}) must divide the {cluster.gpus_per_node} GPUs of a node: tensor "
-                         "parallelism all-reduces every layer and stays on NVLink")
+    per_node = cluster.gpus_per_node
+    if per_node % layout.tp and layout.tp % per_node:
+        raise ValueError(f"tp({layout.tp}) must divide the {per_node} GPUs of a node or be a multiple of them "
+                         "(a tensor-parallel group fills whole nodes)")
     for name, heads in (("n_heads", model.n_heads), ("n_kv_heads", model.n_kv_heads)):
         if heads % layout.tp:
             raise ValueError(f"tp({layout.tp}) must divide {name}({heads}) of {model.name}; "
-                             f"use --tp in {[t for t in divisors(heads) if t <= cluster.gpus_per_node]}")
-    if model.n_layers % layout.pp:
-        raise ValueError(f"pp({layout.pp}) must divide n_layers({model.n_layers}) of {model.name} (even stages); "
-                         f"use --pp in {divisors(model.n_layers)[:8]}")
+                             f"use --tp in {[t for t in divisors(heads) if t <= per_node]}")
+    check_engine_layout(model, layout, engine, seq_len)
+
+
+def cross_node_tp(cluster: Cluster, layout: Layout) -> bool:
+    """A tensor-parallel group that leaves the node: every layer's collectives cross the network."""
+    return layout.tp > cluster.gpus_per_node
 
 
 def evaluate(model: ModelSpec, cluster: Cluster, layout: Layout, training: Training,
              headroom: float = 0.1) -> Estimate:
     """Memory and step time of one layout. training.global_batch 0 means the layout's own."""
     check_headroom(headroom)
-    check_layout(model, cluster, layout)
+    check_layout(model, cluster, layout, training.engine, training.seq_len)
     if training.global_batch == 0:
         training = dataclasses.replace(training, global_batch=layout.global_batch)
     elif training.global_batch != layout.global_batch:

@@ -117,9 +117,12 @@ def loss_bytes(model: ModelSpec, tokens: int) -> float:
 @lru_cache(maxsize=8192)
 def microbatch_gpu_s(gpu: GPUType, model: ModelSpec, layers: int, micro_batch: int, seq: int, tp: int,
                      precision: str, engine: str, has_head: bool, recompute: str,
-                     sequence_parallel: bool = False, compiled: bool = False) -> float:
+                     sequence_parallel: bool = False, compiled: bool = False,
+                     vocab_parallel: bool | None = None) -> float:
     """One micro-batch forward + backward on one pipeline stage. recompute: none | full | selective.
-    compiled: torch.compile's fused memory-bound kernels (planner/compiled.py) instead of eager's."""
+    compiled: torch.compile's fused memory-bound kernels (planner/compiled.py) instead of eager's.
+    vocab_parallel: the LM head and loss split over tp (Megatron always; default: with sequence_parallel)."""
+    vocab_parallel = sequence_parallel if vocab_parallel is None else vocab_parallel
     tokens = micro_batch * seq
     act_b = 2 if precision in ("bf16", "fp16") or engine == "torch" else 4
     bw = gpu.hbm_gbps * 1e9 * gpu.hbm_efficiency
@@ -140,7 +143,7 @@ def microbatch_gpu_s(gpu: GPUType, model: ModelSpec, layers: int, micro_batch: i
         per_layer += attn * 2 / 7
     total = layers * per_layer
     if has_head:
-        v = model.vocab // tp if sequence_parallel else model.vocab     # vocabulary-parallel head and loss
+        v = model.vocab // tp if vocab_parallel else model.vocab     # vocabulary-parallel head and loss
         total += (fwd_bwd_gemm_s(gpu, [(tokens, v, model.hidden)], mm_prec)
                   + (compiled_time.loss_bytes if compiled else loss_bytes)(model, tokens) / bw * v / model.vocab
                   + weight_casts * 12 * v * model.hidden / bw)

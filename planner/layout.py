@@ -31,22 +31,44 @@ class ZeroStage(IntEnum):
 
 @dataclass(frozen=True)
 class Layout:
-    """A parallel layout. world size = dp * tp * pp; ZeRO shards over dp only."""
+    """A parallel layout. world size = dp · tp · pp · cp; ZeRO (or Megatron's distributed optimizer) shards
+    over dp (Megatron: over dp · cp, the ranks that hold the same weights)."""
 
     dp: int                      # data-parallel degree (replicas, or ZeRO shards)
-    tp: int = 1                  # tensor-parallel degree (inside a node)
+    tp: int = 1                  # tensor-parallel degree (best inside an NVLink domain)
     pp: int = 1                  # pipeline-parallel degree (stages)
     zero_stage: ZeroStage = ZeroStage.NONE
     micro_batch: int = 1         # sequences per GPU per forward/backward
     grad_accum: int = 1          # micro-batches per optimizer step (per pipeline: micro-batches in flight)
     checkpointing: Checkpointing = "none"
     offload: Offload = "none"
+    # Megatron sequence parallelism over the tp ranks: norms, dropout and residuals hold s/tp tokens, the tp
+    # all-reduces become all-gather + reduce-scatter (Korthikanti et al. 2022, section 4.2.2)
+    sequence_parallel: bool = False
+    cp: int = 1                  # context-parallel degree: each rank holds seq/cp tokens (Megatron CP, DeepSpeed Ulysses)
+    vpp: int = 1                 # virtual pipeline stages per pipeline rank (interleaved 1F1B)
+    pp_layers: tuple[int, ...] | None = None   # layers of each pipeline stage when uneven; None = even split
 
     def __post_init__(self) -> None:
-        for name in ("dp", "tp", "pp", "micro_batch", "grad_accum"):
+        for name in ("dp", "tp", "pp", "micro_batch", "grad_accum", "cp", "vpp"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}({value!r}) must be a positive integer")
+        if not isinstance(self.sequence_parallel, bool):
+            raise ValueError(f"sequence_parallel({self.sequence_parallel!r}) must be true or false")
+        if self.sequence_parallel and self.tp == 1:
+            raise ValueError("sequence_parallel with tp(1): it splits norms and residuals over the tp ranks; "
+                             "use --tp 2 or more, or --no-sp")
+        if self.vpp > 1 and self.pp == 1:
+            raise ValueError(f"vpp({self.vpp}) interleaves pipeline stages: it needs pp > 1; use --pp 2 or more, "
+                             "or --vpp 1")
+        if self.pp_layers is not None:
+            stages = tuple(self.pp_layers) if isinstance(self.pp_layers, (list, tuple)) else None
+            if (stages is None or len(stages) != self.pp
+                    or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in stages)):
+                raise ValueError(f"pp_layers({self.pp_layers!r}) must list {self.pp} positive layer counts, "
+                                 "one per pipeline stage, e.g. --pp-layers 7,8,8,7")
+            object.__setattr__(self, "pp_layers", stages)
         try:
             object.__setattr__(self, "zero_stage", ZeroStage(int(self.zero_stage)))
         except ValueError:
@@ -68,7 +90,15 @@ class Layout:
 
     @property
     def world_size(self) -> int:
-        return self.dp * self.tp * self.pp
+        return self.dp * self.tp * self.pp * self.cp
+
+    def stage_layers(self, n_layers: int) -> tuple[int, ...]:
+        """Transformer layers of each pipeline stage: pp_layers, else as even as it goes (the first stages
+        take the remainder, as DeepSpeed's uniform partition and Megatron's even split do)."""
+        if self.pp_layers is not None:
+            return self.pp_layers
+        base, extra = divmod(n_layers, self.pp)
+        return tuple(base + (1 if i < extra else 0) for i in range(self.pp))
 
     @property
     def global_batch(self) -> int:
@@ -77,8 +107,10 @@ class Layout:
 
     def to_dict(self) -> dict:
         """Field name -> value (plan.json's "layout", estimate --json)."""
-        return {name: int(v) if name == "zero_stage" else v
-                for name, v in ((name, getattr(self, name)) for name in LAYOUT_FIELDS)}
+        out = {name: getattr(self, name) for name in LAYOUT_FIELDS}
+        out["zero_stage"] = int(self.zero_stage)
+        out["pp_layers"] = list(self.pp_layers) if self.pp_layers is not None else None
+        return out
 
     def to_flags(self) -> dict:
         """Flag name -> value: to_dict with the command line's names ("zero" for zero_stage)."""
@@ -94,16 +126,18 @@ class Layout:
 
 # The one list of layout fields; flags, --batch keys, plan.json and render derive their names from it.
 LAYOUT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Layout))
-_FLAG_OF = {"zero_stage": "zero"}  # the only field whose flag is not its name (--zero, DeepSpeed's word)
+# The fields whose flag is not their name: --zero (DeepSpeed's word), --sp/--no-sp (Megatron's short name).
+_FLAG_OF = {"zero_stage": "zero", "sequence_parallel": "sp"}
 
 
 def flag_name(field_name: str) -> str:
-    """The command-line name of a layout field: "zero" for zero_stage, else the field name."""
+    """The command-line name of a layout field: "zero" for zero_stage, "sp" for sequence_parallel, else the
+    field name."""
     return _FLAG_OF.get(field_name, field_name)
 
 
 def field_name(flag: str) -> str:
-    """The layout field a flag (or --batch key, either spelling) sets: zero -> zero_stage."""
+    """The layout field a flag (or --batch key, either spelling) sets: zero -> zero_stage, sp -> sequence_parallel."""
     return {v: k for k, v in _FLAG_OF.items()}.get(flag, flag)
 
 

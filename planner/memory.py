@@ -44,10 +44,10 @@ def _stage_phases(model: ModelSpec, shape: StageShape, layout: Layout, training:
     """(phase, (params, grads, optimizer, activations, other)) for one pipeline stage."""
     engine = training.engine
     act_b = 2 if training.precision in ("bf16", "fp16") else 4
-    tokens = layout.micro_batch * training.seq_len
+    tokens = layout.micro_batch * training.seq_len // layout.cp    # Ulysses: each rank holds seq/cp tokens
     m = layout.grad_accum
     inflight = min(layout.pp, m) if (first and layout.pp > 1) else 1
-    sp = training.sequence_parallel
+    sp = layout.sequence_parallel
     shards = layout.tp if sp else 1
     full_layer = layer_saved_bytes(model, tokens, layout.tp, act_b, engine, sp)
     work = layer_backward_working_bytes(model, tokens, layout.tp, act_b)
@@ -90,7 +90,9 @@ def memory_phases(model: ModelSpec, cluster: Cluster, layout: Layout,
     knobs = zero_knobs(model.hidden, z, training.zero_buckets, not cluster.gpu.is_cpu)
     out = []
     for first in ((True, False) if layout.pp > 1 else (True,)):
-        shape = stage_shape(model, layout.tp, layout.pp, first, training.sequence_parallel)
+        stages = layout.stage_layers(model.n_layers)
+        shape = stage_shape(model, layout.tp, layout.pp, first, layout.sequence_parallel,
+                            stages[0] if first else stages[-1])
         if training.engine == "torch":
             st = torch_states(model, shape)
         else:

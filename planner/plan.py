@@ -35,7 +35,7 @@ def plan(model: ModelSpec, cluster: Cluster, training: Training, headroom: float
     max_micro_batch caps micro-batches; top (default 5) is how many runners-up to return.
     """
     c = check_constraints(constraints)
-    check_fixed(model, cluster, c)
+    check_fixed(model, cluster, c, training.engine)
     result = run_search(model, cluster, training, headroom, c)
     if not result.fits:
         raise nothing_fits(model, cluster, result, headroom, c)

@@ -6,7 +6,7 @@ import dataclasses
 from .cluster import GB, Cluster
 from .estimate import Estimate
 from .layout import Layout
-from .memory import estimate_memory
+from .cost import estimate_memory
 from .search import TIE, SearchResult
 
 DIMS = ("zero_stage", "tp", "pp", "checkpointing", "offload", "micro_batch")

@@ -15,19 +15,22 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .cluster import Cluster
 from .estimate import Estimate, MemoryBreakdown, Training
+from .engines import uneven_stages
 from .evaluate import check_headroom, estimate_layout, usable_bytes
 from .layout import CHECKPOINTING, OFFLOADS, Layout, ZeroStage, divisors
-from .memory import estimate_memory
+from .cost import estimate_memory
 from .model import ModelSpec
 
 TIE = 0.01                      # throughput within 1% counts as a tie: the model is not more precise than that
 DEFAULT_BATCH_TOKENS = 2 ** 19  # GPT-3 (Brown et al. 2020, table 2.1) trains its small models on 0.5M-token batches
 SEARCHED_CHECKPOINTING = ("none", "full")
 # The layout fields plan() can hold fixed; dp and grad_accum follow from them and the global batch.
-SEARCHED_FIELDS = ("tp", "pp", "zero_stage", "micro_batch", "checkpointing", "offload")
+SEARCHED_FIELDS = ("tp", "pp", "zero_stage", "micro_batch", "checkpointing", "offload", "sequence_parallel", "cp",
+                   "vpp", "pp_layers")
 CONSTRAINTS = SEARCHED_FIELDS + ("max_micro_batch", "top")
 
 
@@ -63,40 +66,105 @@ def tp_degrees(model: ModelSpec, cluster: Cluster) -> list[int]:
     return [t for t in divisors(cluster.gpus_per_node) if model.n_heads % t == 0 and model.n_kv_heads % t == 0]
 
 
-def check_fixed(model: ModelSpec, cluster: Cluster, c: dict) -> None:
+# Context parallelism is searched for long sequences only (below this, the sequence's activations are not
+# what decides memory, and splitting it only adds the K/V ring); a fixed --cp is evaluated at any length.
+CP_MIN_SEQ = 16384
+CP_DEGREES = (2, 4, 8, 16)
+
+
+class Family(NamedTuple):
+    """One combination of the layout's choices except the micro-batch (and grad_accum, which follows)."""
+
+    tp: int
+    pp: int
+    dp: int
+    zero: int
+    checkpointing: str
+    offload: str
+    cp: int = 1
+    sequence_parallel: bool = False
+    vpp: int = 1
+    pp_layers: tuple[int, ...] | None = None
+
+    def layout(self, micro_batch: int, grad_accum: int) -> Layout:
+        return Layout(self.dp, self.tp, self.pp, ZeroStage(self.zero), micro_batch, grad_accum, self.checkpointing,
+                      self.offload, self.sequence_parallel, self.cp, self.vpp, self.pp_layers)
+
+
+def check_fixed(model: ModelSpec, cluster: Cluster, c: dict, engine: str = "deepspeed") -> None:
     """A fixed tp or pp that no layout can have: say which values can."""
-    if c.get("tp") is not None and c["tp"] not in tp_degrees(model, cluster):
-        raise ValueError(f"tp({c['tp']}) must divide the {cluster.gpus_per_node} GPUs of a node, n_heads"
-                         f"({model.n_heads}) and n_kv_heads({model.n_kv_heads}); use --tp in {tp_degrees(model, cluster)}")
+    if c.get("tp") is not None and c["tp"] not in tp_degrees(model, cluster) and (
+            c["tp"] % cluster.gpus_per_node or model.n_heads % c["tp"] or model.n_kv_heads % c["tp"]):
+        raise ValueError(f"tp({c['tp']}) must divide the {cluster.gpus_per_node} GPUs of a node (or be a multiple "
+                         f"of them), n_heads({model.n_heads}) and n_kv_heads({model.n_kv_heads}); use --tp in "
+                         f"{tp_degrees(model, cluster)}")
     if c.get("pp") is not None:
-        pps = [p for p in divisors(model.n_layers) if cluster.world_size % p == 0]
-        if c["pp"] not in pps:
-            raise ValueError(f"pp({c['pp']}) must divide n_layers({model.n_layers}) and the {cluster.world_size} "
-                             f"GPUs; use --pp in {pps}")
+        pps = pp_degrees(model, cluster.world_size, engine)
+        if c["pp"] not in pps and c.get("pp_layers") is None:
+            rule = "divide n_layers({}) and".format(model.n_layers) if engine != "megatron" else "divide"
+            raise ValueError(f"pp({c['pp']}) must {rule} the {cluster.world_size} GPUs; use --pp in {pps[:12]}"
+                             + ("" if engine == "megatron" else " (or --engine megatron for uneven stages)"))
 
 
-def families(model: ModelSpec, cluster: Cluster, c: dict, offload: bool):
-    """(tp, pp, dp, zero, checkpointing, offload) tuples allowed by the rules and the constraints."""
+def pp_degrees(model: ModelSpec, gpus: int, engine: str) -> list[int]:
+    """Pipeline degrees the search tries on `gpus` GPUs: divisors of the layers (DeepSpeed: shardplan's program
+    runs even stages), or any degree up to the layers with uneven first/last stages (Megatron)."""
+    if engine == "megatron":
+        return [p for p in divisors(gpus) if p <= max(1, model.n_layers // 2) or p == 1]
+    return [p for p in divisors(model.n_layers) if gpus % p == 0]
+
+
+def _stages(model: ModelSpec, pp: int, engine: str, c: dict) -> tuple[int, ...] | None:
+    if c.get("pp_layers") is not None:
+        return tuple(c["pp_layers"])
+    return uneven_stages(model.n_layers, pp) if engine == "megatron" and model.n_layers % pp else None
+
+
+def families(model: ModelSpec, cluster: Cluster, c: dict, offload: bool, training: Training | None = None):
+    """Every Family allowed by the engine's rules (planner/engines.py) and the constraints in c."""
+    engine = training.engine if training is not None else "deepspeed"
+    seq = training.seq_len if training is not None else 0
+    megatron = engine == "megatron"
     world = cluster.world_size
-    tps = tp_degrees(model, cluster)
+    tps = tp_degrees(model, cluster) if c.get("tp") is None else [c["tp"]]
     ckpts = (c["checkpointing"],) if c.get("checkpointing") else SEARCHED_CHECKPOINTING
-    for tp in tps if c.get("tp") is None else [c["tp"]]:
-        for pp in divisors(model.n_layers) if c.get("pp") is None else [c["pp"]]:
-            if (world // tp) % pp or world % tp:
+    if c.get("cp") is not None:
+        cps = [c["cp"]]
+    else:
+        cps = [1] + [d for d in CP_DEGREES if megatron and seq >= CP_MIN_SEQ and seq % (2 * d) == 0]
+    for tp in tps:
+        for cp in cps:
+            if world % (tp * cp):
                 continue
-            dp = world // (tp * pp)
-            zeros = (0, 1) if pp > 1 else (0, 1, 2, 3)
-            if c.get("zero_stage") is not None:
-                zeros = tuple(z for z in zeros if z == int(c["zero_stage"]))
-            for zero in zeros:
-                offloads = ["none"]
-                if offload:
-                    offloads = [o for o in OFFLOADS[1:] if zero == 3 or o == "optimizer"] if zero else []
-                if c.get("offload") is not None:
-                    offloads = [o for o in offloads + ["none"] if o == c["offload"]][:1]
-                for ckpt in ckpts:
-                    for off in offloads:
-                        yield tp, pp, dp, zero, ckpt, off
+            rest = world // (tp * cp)
+            for pp in pp_degrees(model, rest, engine) if c.get("pp") is None else [c["pp"]]:
+                if rest % pp:
+                    continue
+                dp = rest // pp
+                stages = _stages(model, pp, engine, c)
+                per_stage = stages or (model.n_layers // pp,) * pp
+                sps = [c["sequence_parallel"]] if c.get("sequence_parallel") is not None else [megatron and tp > 1]
+                if c.get("vpp") is not None:
+                    vpps = [c["vpp"]]
+                else:
+                    vpps = [1] + [v for v in (2, 4) if megatron and pp > 2 and all(n % v == 0 for n in per_stage)]
+                if megatron:
+                    zeros = (0, 1)
+                else:
+                    zeros = (0, 1) if pp > 1 else (0, 1, 2, 3)
+                if c.get("zero_stage") is not None:
+                    zeros = tuple(z for z in zeros if z == int(c["zero_stage"]))
+                for zero in zeros:
+                    offloads = ["none"]
+                    if offload and not megatron:
+                        offloads = [o for o in OFFLOADS[1:] if zero == 3 or o == "optimizer"] if zero else []
+                    if c.get("offload") is not None:
+                        offloads = [o for o in offloads + ["none"] if o == c["offload"]][:1]
+                    for ckpt in ckpts:
+                        for off in offloads:
+                            for sp in sps:
+                                for vpp in vpps:
+                                    yield Family(tp, pp, dp, zero, ckpt, off, cp, sp, vpp, stages)
 
 
 def search(model: ModelSpec, cluster: Cluster, training: Training, headroom: float, c: dict,
@@ -104,7 +172,8 @@ def search(model: ModelSpec, cluster: Cluster, training: Training, headroom: flo
     """Best micro-batches of every family: bisect the largest that fits (memory grows with it), time those below."""
     usable = usable_bytes(cluster.gpu.memory_bytes, headroom)
     result = SearchResult([], [], 0, training, usable)
-    for tp, pp, dp, zero, ckpt, off in families(model, cluster, c, offload):
+    for fam in families(model, cluster, c, offload, training):
+        dp = fam.dp
         if training.global_batch % dp:
             continue
         per_replica = training.global_batch // dp
@@ -114,8 +183,8 @@ def search(model: ModelSpec, cluster: Cluster, training: Training, headroom: flo
         if not micros:
             continue
 
-        def layout(m: int) -> Layout:
-            return Layout(dp, tp, pp, ZeroStage(zero), m, per_replica // m, ckpt, off)
+        def layout(m: int, fam=fam) -> Layout:
+            return fam.layout(m, per_replica // m)
 
         memo: dict[int, MemoryBreakdown] = {}
 
@@ -160,7 +229,8 @@ def rank(estimates: list[Estimate]) -> list[Estimate]:
 
 
 def family_key(layout: Layout) -> tuple:
-    return (int(layout.zero_stage), layout.tp, layout.pp, layout.checkpointing, layout.offload)
+    return (int(layout.zero_stage), layout.tp, layout.pp, layout.checkpointing, layout.offload, layout.cp,
+            layout.vpp)
 
 
 def resolve_training(model: ModelSpec, cluster: Cluster, training: Training) -> Training:

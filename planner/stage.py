@@ -32,15 +32,17 @@ def layer_params_on_rank(model: ModelSpec, tp: int) -> int:
 
 
 @lru_cache(maxsize=8192)
-def stage_shape(model: ModelSpec, tp: int, pp: int, first: bool, vocab_parallel: bool = False) -> StageShape:
+def stage_shape(model: ModelSpec, tp: int, pp: int, first: bool, vocab_parallel: bool = False,
+                layers: int | None = None) -> StageShape:
     """The first (first=True) or last pipeline stage. With pp=1 both are the whole model.
 
-    Layers per stage are ceil(L/pp): the worst stage. The embedding is replicated over tp (AutoTP shards
-    nn.Linear modules only; the tied LM head is a matmul with wte.weight, not a Linear) unless
-    vocab_parallel (Megatron/nanotron split the vocabulary rows over tp).
+    layers: the stage's transformer layers (Layout.stage_layers); None means ceil(L/pp), the fullest even
+    stage. The embedding is replicated over tp (AutoTP shards nn.Linear modules only; the tied LM head is a
+    matmul with wte.weight, not a Linear) unless vocab_parallel (Megatron/nanotron split the vocabulary
+    rows over tp).
     """
     vshard = tp if vocab_parallel else 1
-    layers = ceil(model.n_layers / pp)
+    layers = ceil(model.n_layers / pp) if layers is None else layers
     per_layer = layer_params_on_rank(model, tp)
     has_emb = first or pp == 1
     has_head = (not first) or pp == 1

@@ -6,8 +6,8 @@ import dataclasses
 from .cluster import CATALOG, GB, Cluster
 from .estimate import Training
 from .evaluate import usable_bytes
-from .layout import Layout, ZeroStage
-from .memory import estimate_memory
+
+from .cost import estimate_memory
 from .model import ModelSpec
 from .reasons import CKPT, OFFLOAD
 from .search import SearchResult, families
@@ -30,8 +30,8 @@ def leanest(model: ModelSpec, cluster: Cluster, training: Training, offload: boo
     grad_accum = pp keeps the pipeline full (its first stage holds pp micro-batches): the conservative case.
     """
     best = None
-    for tp, pp, dp, zero, ckpt, off in families(model, cluster, c or {"checkpointing": None}, offload):
-        layout = Layout(dp, tp, pp, ZeroStage(zero), 1, pp, ckpt, off)
+    for fam in families(model, cluster, c or {"checkpointing": None}, offload, training):
+        layout = fam.layout(1, fam.pp)
         peak = estimate_memory(model, cluster, layout, training).peak_bytes
         if best is None or peak < best[0]:
             best = (peak, layout)
@@ -95,7 +95,7 @@ def nothing_fits(model: ModelSpec, cluster: Cluster, result: SearchResult, headr
     training = result.training
     usable = result.usable
     if not result.misses:
-        dps = sorted({cluster.world_size // (t * p) for t, p, *_ in families(model, cluster, c, False)})
+        dps = sorted({fam.dp for fam in families(model, cluster, c, False, training)})
         fixed = f" and micro-batch {c['micro_batch']}" if c.get("micro_batch") else ""
         return NothingFits(
             f"global batch {training.global_batch} is not a multiple of any data-parallel degree{fixed} "

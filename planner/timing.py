@@ -94,9 +94,10 @@ def estimate_time(model: ModelSpec, cluster: Cluster, layout: Layout, training: 
     m, pp, tp, dp = layout.grad_accum, layout.pp, layout.tp, layout.dp
     z = int(layout.zero_stage)
     engine = training.engine
-    sp = training.sequence_parallel
-    shape = stage_shape(model, tp, pp, True, sp)
-    last = stage_shape(model, tp, pp, False, sp)
+    sp = layout.sequence_parallel
+    stages = layout.stage_layers(model.n_layers)
+    shape = stage_shape(model, tp, pp, True, sp, stages[0])
+    last = stage_shape(model, tp, pp, False, sp, stages[-1])
     # the slower stage sets the pipeline's pace: the first (embedding) or the last (head + loss)
     compiled = training.compile and compile_refusal(layout) is None
     mb_gpu = max(microbatch_gpu_s(gpu, model, s.layers, layout.micro_batch, training.seq_len, tp,

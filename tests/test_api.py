@@ -26,7 +26,8 @@ def test_evaluate_fills_the_global_batch_and_serialises_to_the_contract():
     assert d["training"]["global_batch"] == 64
     assert set(d) >= {"model", "cluster", "layout", "memory", "fits", "step_time_s", "tokens_per_s", "mfu"}
     assert d["layout"] == {"dp": 8, "tp": 1, "pp": 1, "zero_stage": 2, "micro_batch": 4, "grad_accum": 2,
-                           "checkpointing": "none", "offload": "none"}
+                           "checkpointing": "none", "offload": "none", "sequence_parallel": False, "cp": 1,
+                           "vpp": 1, "pp_layers": None}
     assert d["memory"]["peak_bytes"] == sum(d["memory"][k] for k in (
         "params_bytes", "grads_bytes", "optimizer_bytes", "activations_bytes", "other_bytes"))
 

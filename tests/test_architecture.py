@@ -22,7 +22,7 @@ TRAIN_MAY_IMPORT = {"shardplan.planner.layout", "shardplan.planner.model", "shar
 def package_dirs() -> dict[str, Path]:
     """Installed package name -> its folder (the repository keeps planner/ and launch/ at the top)."""
     found = {}
-    for name in ("shardplan", "shardplan.cli", "shardplan.planner", "shardplan.launch", "shardplan.launch.render",
+    for name in ("shardplan", "shardplan.cli", "shardplan.planner", "shardplan.planner.megatron", "shardplan.launch", "shardplan.launch.render",
                  "shardplan.launch.validate", "shardplan.launch.run", "shardplan.launch.train",
                  "shardplan.templates"):
         spec = importlib.util.find_spec(name)

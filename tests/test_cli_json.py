@@ -9,6 +9,7 @@ import time
 import pytest
 
 from shardplan.launch.run import jobs
+from shardplan.launch.run.preflight import free_port
 
 CLI = [sys.executable, "-c", "import sys; from shardplan.cli import main; sys.exit(main())"]
 
@@ -49,7 +50,7 @@ def test_validate_launch_dry_run_and_status(run_dir):
     assert validated.returncode == 0, validated.stderr
     assert one_document(validated)[0]["deepspeed_checked"] is True
 
-    dry = shardplan("launch", run_dir, "--dry-run", "--json")
+    dry = shardplan("launch", run_dir, "--dry-run", "--json", "--master-port", free_port())
     assert dry.returncode == 0, dry.stderr
     assert "argv" in json.dumps(one_document(dry))
 

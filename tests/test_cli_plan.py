@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from shardplan.cli import main
 from shardplan.planner import Layout, Training, evaluate, get_cluster, get_model
 
-CONTRACT_KEYS = {"model", "cluster", "layout", "memory", "fits", "step_time_s", "tokens_per_s", "mfu"}
+CONTRACT_KEYS = {"engine", "model", "cluster", "layout", "memory", "fits", "step_time_s", "tokens_per_s", "mfu"}
 MEMORY_KEYS = {"params_bytes", "grads_bytes", "optimizer_bytes", "activations_bytes", "other_bytes", "peak_bytes",
                "capacity_bytes"}
 
@@ -25,8 +25,9 @@ def test_plan_json_follows_the_contract():
     assert {"best", "candidates", "evaluated", "reasons"} <= set(out)
     assert CONTRACT_KEYS <= set(out["best"]) and MEMORY_KEYS <= set(out["best"]["memory"])
     assert set(out["best"]["layout"]) == {"dp", "tp", "pp", "zero_stage", "micro_batch", "grad_accum",
-                                          "checkpointing", "offload"}
+                                          "checkpointing", "offload", "sequence_parallel", "cp", "vpp", "pp_layers"}
     layout = out["best"]["layout"]
+    assert out["best"]["engine"] == "deepspeed" and layout["pp_layers"] is None and layout["cp"] == 1
     assert layout["dp"] * layout["tp"] * layout["pp"] == 16
     assert layout["micro_batch"] * layout["grad_accum"] * layout["dp"] == 512
     assert out["best"]["fits"] and out["evaluated"] > 0 and out["reasons"]

@@ -175,9 +175,9 @@ def test_calibration_points_within_targets():
 
 
 def test_sequence_parallel_splits_the_replicated_activations_and_the_loss():
-    t, sp = Training(seq_len=4096), Training(seq_len=4096, sequence_parallel=True)
-    layout = Layout(dp=1, tp=8, micro_batch=1)
-    plain, split = (dict(memory_phases(LLAMA_8B, NODE, layout, x))["all/loss"] for x in (t, sp))
+    t = Training(seq_len=4096)
+    plain, split = (dict(memory_phases(LLAMA_8B, NODE, Layout(dp=1, tp=8, micro_batch=1, sequence_parallel=sp),
+                                       t))["all/loss"] for sp in (False, True))
     assert split[3] < plain[3] / 2          # activations: norms and residuals now split over tp too
     assert split[4] < plain[4] / 4          # other: the fp32 logits are vocabulary-parallel
 

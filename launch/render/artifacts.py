@@ -26,6 +26,7 @@ from ..commands import (Command, RunSpec, ShellVar, deepspeed_command, sbatch_co
                        slurm_filename, srun_torchrun_line, torchrun_command)
 from .. import rundir
 from .ds_config import DsConfigContext, Schedule, ds_config_context
+from .megatron import megatron_args, megatron_env, megatron_refusal
 from .speed import program_estimate
 from .hf import hf_files
 
@@ -134,6 +135,9 @@ def _script_lines(cmd: Command, indent: str = "  ") -> str:
 
 def render_files(plan: dict, est: Estimate, opts: RenderOptions, run_dir: Path) -> dict[str, str]:
     """All artifacts as {file name: text}, validated; nothing is written."""
+    if est.training.engine == "megatron":
+        run = _run_spec(est, opts, run_dir)
+        return _megatron_files(plan, est, opts, run, _environment())
     est = program_estimate(est)   # compile and the fused step where the program will use them
     run = _run_spec(est, opts, run_dir)
     env = _environment()
@@ -144,15 +148,8 @@ def render_files(plan: dict, est: Estimate, opts: RenderOptions, run_dir: Path) 
     # Several nodes without known hosts: launch_torchrun.sh takes MASTER_ADDR (and NODE_RANK) from the shell.
     torchrun_addr = ShellVar("MASTER_ADDR") if run.nodes > 1 and not run.hosts else run.master_addr
     gpus_per_node = est.cluster.gpus_per_node
-    common = dict(version=__version__, command=opts.command or "shardplan render", run=run, est=est,
-                  model=est.model, layout=est.layout, cluster=est.cluster, training=est.training, cpu=cpu,
-                  schedule=opts.schedule, lines=_script_lines, gib=lambda b: f"{b / GiB:.2f}", reasons=tuple(plan.get("reasons", ())))
-    files: dict[str, str] = {}
-    plan_out = {"best": est.to_dict(), **{k: v for k, v in plan.items() if k != "best"}}
-    plan_out["command"] = opts.command or "shardplan render"
-    plan_out["shardplan_version"] = __version__
-    plan_out["launch"] = run.to_dict()  # the RunSpec the scripts were rendered from (RunSpec.from_dict)
-    files[rundir.PLAN] = json.dumps(plan_out, indent=2) + "\n"
+    common = _common(plan, est, opts, run)
+    files: dict[str, str] = {rundir.PLAN: _plan_json(plan, est, opts, run)}
     files[rundir.DS_CONFIG] = json.dumps(ds_config, indent=2) + "\n"
     if run.hosts:
         files[rundir.HOSTFILE] = env.get_template("hostfile.j2").render(hosts=run.hosts, slots=gpus_per_node,
@@ -167,14 +164,50 @@ def render_files(plan: dict, est: Estimate, opts: RenderOptions, run_dir: Path) 
         srun=srun_torchrun_line(run), sbatch=sbatch_command(run.run_dir), cpus_per_task=cpus,
         partition=opts.partition, time=opts.time, account=opts.account,
         output=slurm_filename(run.log_dir) + "/slurm-%j.out", job_name=f"shardplan-{est.model.name}", **common)
-    files[rundir.MEGATRON_ARGS] = env.get_template("megatron_args.sh.j2").render(
-        megatron_args=megatron_args(est, opts.schedule), **common)
+    if megatron_refusal(est) is None:   # the same layout for Megatron-LM, when it can run it exactly
+        files[rundir.MEGATRON_ARGS] = env.get_template("megatron_args.sh.j2").render(
+            megatron_args=megatron_args(est, opts.schedule), megatron_env=megatron_env(est), **common)
     files.update(hf_files(env, plan, est, ds_config, opts.schedule, run, common))  # hf/ and model/config.json
     files[rundir.README] = env.get_template("README.md.j2").render(
         files=sorted(files) + [rundir.README], ds=ds_ctx, **common)
-    for name in rundir.SCRIPTS:
-        _check_bash_syntax(name, files[name])
+    _check_scripts(files)
     return files
+
+
+def _common(plan: dict, est: Estimate, opts: RenderOptions, run: RunSpec) -> dict:
+    """The values every template renders from."""
+    return dict(version=__version__, command=opts.command or "shardplan render", run=run, est=est,
+                model=est.model, layout=est.layout, cluster=est.cluster, training=est.training,
+                cpu=est.cluster.gpu.is_cpu, schedule=opts.schedule, lines=_script_lines,
+                gib=lambda b: f"{b / GiB:.2f}", reasons=tuple(plan.get("reasons", ())))
+
+
+def _plan_json(plan: dict, est: Estimate, opts: RenderOptions, run: RunSpec) -> str:
+    plan_out = {"best": est.to_dict(), **{k: v for k, v in plan.items() if k != "best"}}
+    plan_out["command"] = opts.command or "shardplan render"
+    plan_out["shardplan_version"] = __version__
+    plan_out["launch"] = run.to_dict()  # the RunSpec the scripts were rendered from (RunSpec.from_dict)
+    return json.dumps(plan_out, indent=2) + "\n"
+
+
+def _megatron_files(plan: dict, est: Estimate, opts: RenderOptions, run: RunSpec, env) -> dict[str, str]:
+    """--engine megatron: plan.json, megatron_args.sh, launch_megatron.sh and the README (no ds_config:
+    Megatron-LM's pretrain_gpt.py takes arguments, and shardplan's DeepSpeed program does not run it)."""
+    common = _common(plan, est, opts, run)
+    files = {rundir.PLAN: _plan_json(plan, est, opts, run),
+             rundir.MEGATRON_ARGS: env.get_template("megatron_args.sh.j2").render(
+                 megatron_args=megatron_args(est, opts.schedule), megatron_env=megatron_env(est), **common),
+             rundir.LAUNCH_MEGATRON: env.get_template("launch_megatron.sh.j2").render(**common)}
+    files[rundir.README] = env.get_template("README.md.j2").render(files=sorted(files) + [rundir.README],
+                                                                   ds=None, **common)
+    _check_scripts(files)
+    return files
+
+
+def _check_scripts(files: dict[str, str]) -> None:
+    for name in rundir.SCRIPTS:
+        if name in files:
+            _check_bash_syntax(name, files[name])
 
 
 def _parse_and_validate(text: str, est: Estimate, ctx: DsConfigContext) -> dict:
@@ -201,48 +234,6 @@ def _check_bash_syntax(name: str, text: str) -> None:
     result = subprocess.run(["bash", "-n"], input=text, capture_output=True, text=True)
     if result.returncode:
         raise RenderError(f"rendered {name} is not valid bash ({result.stderr.strip()}); this is a shardplan bug")
-
-
-def megatron_args(est: Estimate, schedule: Schedule) -> tuple[tuple[str, ...], ...]:
-    """Megatron-LM pretrain_gpt.py arguments for the same layout (megatron/training/arguments.py names),
-    one tuple per line of the rendered array."""
-    m, lay, tr = est.model, est.layout, est.training
-    args: list[tuple[str, ...]] = [
-        ("--tensor-model-parallel-size", str(lay.tp)), ("--pipeline-model-parallel-size", str(lay.pp)),
-        ("--micro-batch-size", str(lay.micro_batch)), ("--global-batch-size", str(lay.global_batch)),
-        ("--num-layers", str(m.n_layers)), ("--hidden-size", str(m.hidden)),
-        ("--ffn-hidden-size", str(m.ffn_hidden)), ("--num-attention-heads", str(m.n_heads)),
-        ("--kv-channels", str(m.head_dim)),
-        ("--seq-length", str(tr.seq_len)), ("--max-position-embeddings", str(m.max_seq_len)),
-    ]
-    if m.n_kv_heads != m.n_heads:
-        args.append(("--group-query-attention", "--num-query-groups", str(m.n_kv_heads)))
-    if m.arch == "llama":
-        args += [("--swiglu",), ("--normalization", "RMSNorm"), ("--position-embedding-type", "rope"),
-                 ("--disable-bias-linear",)]
-        if not m.tied_embeddings:
-            args.append(("--untie-embeddings-and-output-weights",))
-    if tr.precision in ("bf16", "fp16"):
-        args.append((f"--{tr.precision}",))
-    if lay.checkpointing == "full":
-        args.append(("--recompute-granularity", "full", "--recompute-method", "uniform", "--recompute-num-layers", "1"))
-    elif lay.checkpointing == "selective":
-        args.append(("--recompute-granularity", "selective"))
-    if lay.zero_stage >= 1:
-        # Megatron's distributed optimizer shards the fp32 master weights and Adam moments over dp: ZeRO-1.
-        args.append(("--use-distributed-optimizer",))
-    args += [
-        ("--train-iters", str(schedule.steps)), ("--lr", _num(schedule.lr)), ("--min-lr", _num(schedule.lr * 0.1)),
-        ("--lr-decay-style", "cosine"), ("--lr-warmup-iters", str(schedule.warmup_steps)),
-        ("--weight-decay", _num(schedule.weight_decay)), ("--clip-grad", _num(schedule.gradient_clipping)),
-        ("--adam-beta1", _num(schedule.betas[0])), ("--adam-beta2", _num(schedule.betas[1])),
-        ("--adam-eps", _num(schedule.eps)),
-    ]
-    return tuple(args)
-
-
-def _num(x: float) -> str:
-    return format(x, ".6g")
 
 
 def write_run_dir(files: dict[str, str], run_dir: Path, *, force: bool) -> None:

@@ -11,6 +11,7 @@ import click
 
 from shardplan.launch import inputs
 from shardplan.planner.layout import CHECKPOINTING, LAYOUT_FLAGS, OFFLOADS
+from shardplan.planner.engines import ENGINES
 from shardplan.planner.layout import PRECISIONS
 
 
@@ -57,6 +58,9 @@ def common_options(f):
         click.option("--global-batch", type=int, help="Sequences per optimizer step (default: see plan --help)."),
         click.option("--global-batch-tokens", help="Tokens per optimizer step instead, e.g. 2M (= 2·2^20)."),
         click.option("--precision", type=click.Choice(PRECISIONS), default="bf16", show_default=True),
+        click.option("--engine", type=click.Choice(ENGINES), default="deepspeed", show_default=True,
+                     help="Who runs the training: DeepSpeed (shardplan's program, ds_config.json) or Megatron-core "
+                          "(Megatron-LM's pretrain_gpt.py, megatron_args.sh)."),
         click.option("--headroom", default="10%", show_default=True,
                      help="Memory kept free on each GPU (fragmentation, CUDA context): 10% or 0.1."),
         click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON."),
@@ -72,9 +76,14 @@ LAYOUT_HELP = {
     "zero": "ZeRO stage (0-3)", "micro_batch": "micro-batch (sequences per GPU per pass)",
     "grad_accum": "gradient accumulation steps (micro-batches per optimizer step)",
     "checkpointing": "activation checkpointing", "offload": "CPU offload",
+    "sp": "sequence parallelism over the tp ranks (Megatron; --sp/--no-sp)",
+    "cp": "context-parallel degree (Megatron CP, DeepSpeed Ulysses: each rank holds seq/cp tokens)",
+    "vpp": "virtual pipeline stages per pipeline rank (interleaved 1F1B)",
+    "pp_layers": "layers of each pipeline stage, e.g. 7,8,8,7 (uneven pipeline)",
 }
 # estimate scores one fixed layout: these are its defaults (dp and grad_accum are derived when left out).
-ESTIMATE_DEFAULTS = {"tp": 1, "pp": 1, "zero": 0, "micro_batch": 1, "checkpointing": "none", "offload": "none"}
+ESTIMATE_DEFAULTS = {"tp": 1, "pp": 1, "zero": 0, "micro_batch": 1, "checkpointing": "none", "offload": "none",
+                     "cp": 1, "vpp": 1}
 LAYOUT_NOTES = {
     "dp": " (default: GPUs / (tp·pp))", "grad_accum": " (default: from --global-batch, else 1)",
     "checkpointing": "", "offload": "",
@@ -85,6 +94,8 @@ def _layout_type(flag: str):
     choices = {"checkpointing": CHECKPOINTING, "offload": OFFLOADS}.get(flag)
     if choices:
         return click.Choice(choices, case_sensitive=False)
+    if flag == "pp_layers":
+        return str      # "7,8,8,7": launch/inputs.py parses it (--batch lines give a list)
     return click.IntRange(0, 3) if flag == "zero" else int
 
 
@@ -95,6 +106,9 @@ def layout_options(flags=LAYOUT_FLAGS, *, defaults: dict | None = None, notes: d
         for flag in reversed(flags):
             name = "--" + flag.replace("_", "-")
             text = LAYOUT_HELP[flag]
+            if flag == "sp":     # a switch; None (neither given) leaves it to the search / the engine's default
+                f = click.option("--sp/--no-sp", "sp", default=None, help=text[0].upper() + text[1:] + ".")(f)
+                continue
             if defaults is None:
                 help_text = f"Fix the {text}." + (notes or {}).get(flag, "")
                 f = click.option(name, type=_layout_type(flag), help=help_text)(f)

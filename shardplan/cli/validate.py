@@ -30,7 +30,10 @@ def _positive(ctx, param, value):
 @click.option("--no-deepspeed", is_flag=True, help="Skip DeepSpeed's own parser (schema and rules only; faster).")
 @click.option("--strict", is_flag=True, help="Fail on warnings too (unknown keys, deprecated keys, ignored settings).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON result per file (a JSON list) for scripts.")
-def validate(files, world_size, tp, pp, heads, allow_auto, no_deepspeed, strict, as_json):
+@click.option("--megatron-lm", type=click.Path(file_okay=False), envvar="MEGATRON_LM",
+              help="A Megatron-LM checkout: also run its own parse_args + validate_args on each run directory's "
+                   "megatron_args.sh, with the plan's world size (env: MEGATRON_LM).")
+def validate(files, world_size, tp, pp, heads, allow_auto, no_deepspeed, strict, as_json, megatron_lm):
     """Check DeepSpeed config files before a job spends GPU hours finding out.
 
     Three layers: a JSON Schema of every documented DeepSpeed key (types, ranges, unknown keys in the blocks
@@ -52,11 +55,21 @@ def validate(files, world_size, tp, pp, heads, allow_auto, no_deepspeed, strict,
       shardplan validate ds_config.json --world-size 16 --tp 2 --pp 2
       shardplan validate configs/*.json --strict --json > report.json
       shardplan validate hf_ds_config.json --allow-auto      # a Hugging Face Trainer config
+      shardplan validate runs/llama-mg --megatron-lm ~/Megatron-LM   # --engine megatron: Megatron's own checks
+
+    A run directory rendered with --engine megatron has megatron_args.sh and no ds_config.json: give
+    --megatron-lm (or MEGATRON_LM) to check it with Megatron-LM's own argument validation.
     """
-    results, unreadable = _validate_all(files, world_size, tp, pp, heads, allow_auto, no_deepspeed, as_json)
-    failed = any(not (r.ok_strict() if strict else r.ok) for r in results)
+    deepspeed_files, megatron_dirs = _split(files, megatron_lm)
+    results, unreadable = _validate_all(deepspeed_files, world_size, tp, pp, heads, allow_auto, no_deepspeed,
+                                        as_json)
+    checks = [(d, _megatron_check(d, megatron_lm)) for d in megatron_dirs]
+    failed = any(not (r.ok_strict() if strict else r.ok) for r in results) or any(not c.ok for _, c in checks)
     if as_json:
         passed = [{**r.to_dict(), "passed": r.ok_strict() if strict else r.ok} for r in results]
+        passed += [{"file": str(d / "megatron_args.sh"), "passed": c.ok, "ok": c.ok,
+                    "megatron": {"ok": c.ok, "message": c.message, "notes": list(c.notes), "facts": c.facts}}
+                   for d, c in checks]
         click.echo(json.dumps(passed, indent=2))
     else:
         for index, r in enumerate(results):
@@ -64,7 +77,42 @@ def validate(files, world_size, tp, pp, heads, allow_auto, no_deepspeed, strict,
                 click.echo(f"error: {r.problems[0].message}", err=True)
             else:
                 _print_result(r, strict)
+        for d, c in checks:
+            click.echo(f"{d / 'megatron_args.sh'}: {'OK' if c.ok else 'INVALID'} (Megatron-LM's parse_args + "
+                       f"validate_args)")
+            click.echo(f"  {c.message}")
+            for note in c.notes:
+                click.echo(f"  note: {note}")
     sys.exit(2 if unreadable else 1 if failed else 0)
+
+
+def _split(files, megatron_lm) -> tuple[list[str], list[Path]]:
+    """(files for the DeepSpeed checks, run directories whose megatron_args.sh Megatron-LM checks)."""
+    from shardplan.launch import rundir
+
+    deepspeed, megatron = [], []
+    for name in files:
+        path = Path(name)
+        has_args = path.is_dir() and (path / rundir.MEGATRON_ARGS).is_file()
+        megatron_only = has_args and not (path / rundir.DS_CONFIG).exists()
+        if megatron_only and not megatron_lm:
+            raise click.UsageError(f"{path} is a Megatron-LM run (megatron_args.sh, no ds_config.json): give "
+                                   "--megatron-lm PATH (or MEGATRON_LM) to check it with Megatron-LM's own "
+                                   "validate_args")
+        if has_args and megatron_lm:
+            megatron.append(path)
+        if not megatron_only:
+            deepspeed.append(name)
+    return deepspeed, megatron
+
+
+def _megatron_check(run_dir: Path, megatron_lm):
+    from shardplan.launch.validate.megatron import check_megatron_args
+
+    try:
+        return check_megatron_args(run_dir, Path(megatron_lm))
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
 
 
 def _validate_all(files, world_size, tp, pp, heads, allow_auto, no_deepspeed, as_json):

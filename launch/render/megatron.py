@@ -1,0 +1,98 @@
+"""Megatron-LM arguments for a planned layout: megatron_args.sh (exactly the plan: TP, SP, CP, PP, VPP or
+uneven stages, distributed optimizer, overlap, recompute, batch, model shape) and, for --engine megatron,
+launch_megatron.sh (torchrun pretrain_gpt.py from the user's Megatron-LM checkout).
+
+Argument names are megatron/training/arguments.py's at core_v0.16.1 (the megatron-core the project
+installs); `shardplan validate RUN_DIR --megatron-lm PATH` runs that file's own parse_args + validate_args
+on them (launch/validate/megatron.py).
+"""
+from __future__ import annotations
+
+from shardplan.planner.estimate import Estimate
+
+from .ds_config import Schedule
+
+# What validate_args demands beside the arguments (megatron/training/arguments.py): with tensor or context
+# parallelism the input-gradient collectives must be issued before the weight-gradient GEMM, which only one
+# hardware queue guarantees.
+MAX_CONNECTIONS = {"CUDA_DEVICE_MAX_CONNECTIONS": "1"}
+# NCCL: report a failed collective as an error instead of hanging until the watchdog (torch 2.x name).
+GPU_ENV = {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "1"}
+
+
+def megatron_refusal(est: Estimate) -> str | None:
+    """Why Megatron-LM cannot run this layout as planned (None when it can)."""
+    lay = est.layout
+    if int(lay.zero_stage) >= 2:
+        return (f"ZeRO-{int(lay.zero_stage)} has no Megatron-LM equivalent (its distributed optimizer shards "
+                "optimizer states only): plan with --engine megatron for Megatron arguments")
+    if lay.offload != "none":
+        return "CPU offload is planned for DeepSpeed: plan with --engine megatron for Megatron arguments"
+    if lay.pp_layers is not None and len(set(lay.pp_layers[1:-1])) > 1:
+        return "Megatron gives only the first and last pipeline stage their own layer counts"
+    return None
+
+
+def megatron_env(est: Estimate) -> dict[str, str]:
+    env = dict(GPU_ENV) if not est.cluster.gpu.is_cpu else {}
+    if est.layout.tp > 1 or est.layout.cp > 1:
+        env.update(MAX_CONNECTIONS)
+    return env
+
+
+def megatron_args(est: Estimate, schedule: Schedule) -> tuple[tuple[str, ...], ...]:
+    """pretrain_gpt.py arguments for exactly this layout, one tuple per line of the rendered array."""
+    m, lay, tr = est.model, est.layout, est.training
+    args: list[tuple[str, ...]] = [
+        ("--tensor-model-parallel-size", str(lay.tp)), ("--pipeline-model-parallel-size", str(lay.pp)),
+    ]
+    if lay.sequence_parallel:
+        args.append(("--sequence-parallel",))
+    if lay.cp > 1:
+        args.append(("--context-parallel-size", str(lay.cp), "--cp-comm-type", "p2p"))
+    if lay.vpp > 1:   # (this form also works with uneven first/last stages, unlike --num-layers-per-virtual-...)
+        args.append(("--num-virtual-stages-per-pipeline-rank", str(lay.vpp)))
+    if lay.pp_layers is not None and len(set(lay.pp_layers)) > 1:
+        args.append(("--decoder-first-pipeline-num-layers", str(lay.pp_layers[0]),
+                     "--decoder-last-pipeline-num-layers", str(lay.pp_layers[-1])))
+    args += [
+        ("--micro-batch-size", str(lay.micro_batch)), ("--global-batch-size", str(lay.global_batch)),
+        ("--num-layers", str(m.n_layers)), ("--hidden-size", str(m.hidden)),
+        ("--ffn-hidden-size", str(m.ffn_hidden)), ("--num-attention-heads", str(m.n_heads)),
+        ("--kv-channels", str(m.head_dim)),
+        ("--seq-length", str(tr.seq_len)), ("--max-position-embeddings", str(max(m.max_seq_len, tr.seq_len))),
+    ]
+    if m.n_kv_heads != m.n_heads:
+        args.append(("--group-query-attention", "--num-query-groups", str(m.n_kv_heads)))
+    if m.arch == "llama":
+        args += [("--swiglu",), ("--normalization", "RMSNorm"), ("--position-embedding-type", "rope"),
+                 ("--disable-bias-linear",), ("--attention-dropout", "0"), ("--hidden-dropout", "0")]
+        if not m.tied_embeddings:
+            args.append(("--untie-embeddings-and-output-weights",))
+    if tr.precision in ("bf16", "fp16"):
+        args.append((f"--{tr.precision}",))
+    if tr.engine == "megatron":
+        args.append(("--attention-backend", "unfused" if tr.attention == "unfused" else "flash"))
+    if lay.checkpointing == "full":
+        args.append(("--recompute-granularity", "full", "--recompute-method", "uniform", "--recompute-num-layers", "1"))
+    elif lay.checkpointing == "selective":
+        args.append(("--recompute-granularity", "selective"))
+    if lay.zero_stage >= 1:
+        # Megatron's distributed optimizer shards the fp32 master weights and Adam moments over dp: ZeRO-1.
+        args.append(("--use-distributed-optimizer",))
+        if tr.engine == "megatron" and lay.dp * lay.cp > 1:   # what the planner's time model assumes
+            args.append(("--overlap-grad-reduce", "--overlap-param-gather"))
+    elif tr.engine == "megatron" and lay.dp * lay.cp > 1:
+        args.append(("--overlap-grad-reduce",))
+    args += [
+        ("--train-iters", str(schedule.steps)), ("--lr", _num(schedule.lr)), ("--min-lr", _num(schedule.lr * 0.1)),
+        ("--lr-decay-style", "cosine"), ("--lr-warmup-iters", str(schedule.warmup_steps)),
+        ("--weight-decay", _num(schedule.weight_decay)), ("--clip-grad", _num(schedule.gradient_clipping)),
+        ("--adam-beta1", _num(schedule.betas[0])), ("--adam-beta2", _num(schedule.betas[1])),
+        ("--adam-eps", _num(schedule.eps)),
+    ]
+    return tuple(args)
+
+
+def _num(x: float) -> str:
+    return format(x, ".6g")

@@ -1,0 +1,107 @@
+"""Peak memory per GPU under Megatron-core, as its source allocates it.
+
+Model states (megatron/core/distributed/param_and_grad_buffer.py, optimizer/distrib_optimizer.py): the
+bf16/fp16 weights live in one contiguous parameter buffer per bucket group (2 B/param); gradients
+accumulate in a contiguous main-grad buffer, fp32 for bf16 (validate_args turns on
+accumulate_allreduce_grads_in_fp32) and the parameters' dtype for fp16 (2 B/param; the fp16 optimizer
+upcasts them at the step); the optimizer keeps an fp32 master
+copy and Adam's two moments (12 B/param) — sharded over the data-parallel-with-context-parallel group by
+the distributed optimizer (--use-distributed-optimizer, zero_stage 1 here), whole otherwise. That is
+megatron/training/theoretical_memory_usage.py's 18 B/param, or 6 + 12/(dp·cp).
+
+Activations per layer and micro-batch (Korthikanti et al. 2022, Table 2, counted tensor by tensor for
+flash attention, which saves q, k, v, the output and a logsumexp instead of the a·s² scores): the tensors
+that sequence parallelism splits over tp (norm inputs, the inputs of the column-parallel GEMMs, dropout
+masks) and the ones tensor parallelism always splits (q, k, v, attention output, the MLP's). Context
+parallelism gives each rank seq/cp tokens. Full recompute keeps each layer's input only; "selective"
+recomputes core attention, which flash attention does not store anyway. The first pipeline stage holds
+min(pp, m) micro-batches (1F1B), times 1 + (pp-1)/(pp·vpp) when interleaved (theoretical_memory_usage.py's
+interleaved_schedule_memory_penalty, which is what the schedule's warm-up keeps: 2(pp-1) + (vpp-1)·pp + 1
+chunks of L/vpp layers). The last stage holds the vocabulary-parallel cross-entropy: tensor_parallel/
+cross_entropy.py upcasts the logits to fp32 and saves exp(logits) (4 B), its backward works in place and
+hands the output layer a bf16 gradient (2 B).
+"""
+from __future__ import annotations
+
+from ..activations import LN_STAT_BYTES, layer_backward_working_bytes
+from ..cluster import Cluster
+from ..estimate import MemoryBreakdown, Training
+from ..layout import Layout
+from ..memory import ALLOCATOR_EXCESS, cuda_runtime_bytes
+from ..model import ModelSpec
+from ..stage import stage_shape
+
+DROPOUT_MASK_BYTES = 1     # torch's fused dropout keeps a bool mask per element (GPT recipes: dropout 0.1)
+
+
+def grad_bytes(precision: str) -> int:
+    """Bytes per gradient in the main-grad buffer (and on the wire): fp32 for bf16 and fp32 training, the
+    parameters' fp16 otherwise (distributed_data_parallel.py: grad dtype = fp32 if
+    accumulate_allreduce_grads_in_fp32 else param dtype)."""
+    return 2 if precision == "fp16" else 4
+
+
+def uses_dropout(model: ModelSpec) -> bool:
+    """Megatron GPT recipes train with hidden/attention dropout 0.1; Llama-style recipes set both to 0."""
+    return model.arch == "gpt2"
+
+
+def layer_activation_bytes(model: ModelSpec, tokens: int, tp: int, sp: bool, act_bytes: int) -> float:
+    """Bytes one layer saves for backward for `tokens` tokens on this rank (no recompute)."""
+    h, q = model.hidden, model.n_heads * model.head_dim
+    kv, f = model.n_kv_heads * model.head_dim, model.ffn_hidden
+    masks = 2 * h * DROPOUT_MASK_BYTES if uses_dropout(model) else 0   # after attention and after the MLP
+    # norm inputs (2), inputs of the QKV and fc1 GEMMs (2): split over tp only with sequence parallelism
+    seq_split = 4 * h * act_bytes + masks + 2 * LN_STAT_BYTES
+    mlp = (2 if model.arch == "gpt2" else 3) * f * act_bytes   # fc1 out + GeLU out; SwiGLU: gate, up, product
+    heads = model.n_heads / tp
+    tp_split = ((q + 2 * kv) + q) * act_bytes / tp + mlp / tp + 4 * heads   # q, k, v, attn out; MLP; fp32 lse
+    return tokens * (seq_split / (tp if sp else 1) + tp_split)
+
+
+def megatron_memory(model: ModelSpec, cluster: Cluster, layout: Layout, training: Training) -> MemoryBreakdown:
+    """The worst of the first and the last pipeline stage (the first holds the in-flight micro-batches, the
+    last the logits); each at its peak, the start of the backward of the last micro-batch."""
+    best = None
+    for first in ((True, False) if layout.pp > 1 else (True,)):
+        parts = _stage_peak(model, cluster, layout, training, first)
+        if best is None or sum(parts) > sum(best):
+            best = parts
+    params, grads, optimizer, acts, other = best
+    return MemoryBreakdown(params, grads, optimizer, acts, other, cluster.gpu.memory_bytes,
+                           reserved_headroom_bytes=int(ALLOCATOR_EXCESS * (acts + other)))
+
+
+def _stage_peak(model: ModelSpec, cluster: Cluster, layout: Layout, training: Training,
+                first: bool) -> tuple[int, int, int, int, int]:
+    tp, pp, sp = layout.tp, layout.pp, layout.sequence_parallel
+    stages = layout.stage_layers(model.n_layers)
+    shape = stage_shape(model, tp, pp, first, True, stages[0] if first else stages[-1])   # vocab-parallel
+    p = shape.params
+    low = training.precision in ("bf16", "fp16")
+    act_b = 2 if low else 4
+    params = act_b * p
+    grads = grad_bytes(training.precision) * p
+    opt_per_param = 12 if low else 8          # fp32 master (mixed precision only) + exp_avg + exp_avg_sq
+    shards = layout.dp * layout.cp if int(layout.zero_stage) >= 1 else 1
+    optimizer = opt_per_param * p // shards
+    tokens = layout.micro_batch * training.seq_len // layout.cp
+    per_layer = layer_activation_bytes(model, tokens, tp, sp, act_b)
+    m = layout.grad_accum
+    inflight = 1.0
+    if first and pp > 1:
+        inflight = min(pp, m) * ((1 + (pp - 1) / (pp * layout.vpp)) if layout.vpp > 1 else 1.0)
+    work = layer_backward_working_bytes(model, tokens, tp, act_b)
+    if layout.checkpointing == "full":
+        saved = tokens * model.hidden * act_b / (tp if sp else 1)   # each layer's input (uniform, 1 layer)
+        work += per_layer                                           # the layer recomputed for its backward
+    else:
+        saved = per_layer
+    acts = inflight * shape.layers * saved + work
+    other = cuda_runtime_bytes(cluster.gpu)
+    if shape.has_head:
+        vshard = tp
+        final_norm = tokens * model.hidden * act_b * 2 / (tp if sp else 1)
+        acts += final_norm
+        other += (4 + 2) * tokens * model.vocab // vshard       # fp32 exp(logits) + the bf16 gradient
+    return int(params), int(grads), int(optimizer), int(acts), int(other)

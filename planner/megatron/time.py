@@ -1,0 +1,174 @@
+"""Step time under Megatron-core: GPU work per micro-batch, the pipeline bubble, and the communication each
+parallel dimension exposes, read from megatron/core's schedules and layers.
+
+- GPU work: the same kernel-by-kernel model as the DeepSpeed engine (planner/gpu_time.py) with Megatron's
+  fused memory-bound kernels (fused LayerNorm, bias-GeLU/SwiGLU, bias-dropout-add: one pass each, the
+  elementwise model of planner/compiled.py) and the vocabulary-parallel head. Context parallelism gives
+  each rank seq/cp tokens of every GEMM and 1/cp of the causal attention work (load-balanced chunks).
+- Pipeline (pipeline_parallel/schedules.py): 1F1B idles (pp-1) micro-batch slots of the stage's work,
+  interleaving divides that by vpp; the slowest stage sets the pace.
+- Tensor parallel (tensor_parallel/layers.py, mappings.py): without sequence parallelism 2 all-reduces of
+  the activations forward and 2 backward per layer; with it all-gather/reduce-scatter pairs (the same
+  bus volume) and the all-gather of the saved input redone in backward. Forward collectives sit on the
+  critical path; the backward input-gradient collective and the redone all-gather run asynchronously
+  beside the weight-gradient GEMM (LinearWithGradAccumulationAndAsyncCommunication, which is why
+  CUDA_DEVICE_MAX_CONNECTIONS=1 is required), so only what outlasts that GEMM shows.
+- Data parallel (distributed/distributed_data_parallel.py, param_and_grad_buffer.py): gradients are
+  reduced in fp32 (the main-grad buffer's dtype) bucket by bucket during the last micro-batch's backward
+  (overlap_grad_reduce); the distributed optimizer reduce-scatters them and all-gathers the updated bf16
+  weights during the next forward (overlap_param_gather). What outlasts the compute it hides behind shows.
+- Context parallel (transformer/dot_product_attention_context_parallel / TE's ring attention): each rank
+  passes its K/V chunk around the ring (cp-1 steps forward, K/V and their gradients backward), overlapped
+  with the attention of the chunk it holds.
+- Optimizer: a fused Adam over the rank's fp32 shard, the gradient norm, and zeroing the grad buffer.
+"""
+from __future__ import annotations
+
+from math import ceil
+
+from ..cluster import Cluster
+from ..comm import group_bandwidth
+from ..estimate import TimeBreakdown, Training
+from ..gpu_time import attention_s, gemm_s, layer_gemms, microbatch_gpu_s
+from ..layout import Layout
+from ..model import ModelSpec
+from ..stage import stage_shape
+from ..timing import HOST_OP_S, OVERLAP_LEFT
+from .memory import grad_bytes
+
+# Unfused core attention, HBM bytes per score element (one head's s x s matrix) outside the GEMMs (gemm_s
+# counts each GEMM's own reads and writes of the scores), fp16/bf16 with dropout: forward, the fused
+# scale-mask-softmax reads and writes the scores (4), dropout reads them and writes the result and its mask
+# (5); backward, dropout's backward (5), softmax's backward reads P and dP and writes dS (6)
+UNFUSED_FWD_BYTES, UNFUSED_BWD_BYTES = 9, 11
+HOST_OPS_PER_LAYER = 40     # fused kernels + autograd nodes of a Megatron block, forward + backward
+ADAM_BYTES = 32             # fused Adam on the fp32 shard: read grad, master, m, v (16), write master, m, v (12),
+#                             write the bf16 weight (2), and the norm's read of the grad (~2 amortised)
+
+
+def megatron_time(model: ModelSpec, cluster: Cluster, layout: Layout, training: Training) -> TimeBreakdown:
+    gpu = cluster.gpu
+    tp, pp, cp, m, sp = layout.tp, layout.pp, layout.cp, layout.grad_accum, layout.sequence_parallel
+    stages = layout.stage_layers(model.n_layers)
+    act_b = 2 if training.precision in ("bf16", "fp16") else 4
+    seq_r = training.seq_len // cp                       # tokens of each sequence on this rank
+    tokens = layout.micro_batch * seq_r
+
+    def stage_s(layers: int, has_head: bool) -> float:
+        t = microbatch_gpu_s(gpu, model, layers, layout.micro_batch, seq_r, tp, training.precision, "deepspeed",
+                             has_head, layout.checkpointing, sp, True, vocab_parallel=True)
+        if cp > 1:   # causal attention over the whole sequence, split over cp ranks (not (s/cp)^2)
+            redo = 9 / 7 if layout.checkpointing == "full" else 1.0
+            full = attention_s(gpu, model, layout.micro_batch, training.seq_len, tp, training.precision) / cp
+            t += layers * redo * (full - attention_s(gpu, model, layout.micro_batch, seq_r, tp, training.precision))
+        return t
+
+    if training.attention == "unfused":
+        flash = attention_s(gpu, model, layout.micro_batch, training.seq_len, tp, training.precision) / cp
+        fwd, bwd = unfused_attention_s(gpu, model, layout.micro_batch, training.seq_len, tp, training.precision)
+        recompute = fwd if layout.checkpointing in ("full", "selective") else 0.0
+        flash_recompute = flash * 2 / 7 if layout.checkpointing in ("full", "selective") else 0.0
+        attention_delta = (fwd + bwd + recompute) / cp - flash - flash_recompute
+    else:
+        attention_delta = 0.0
+
+    def stage_total(layers: int, has_head: bool) -> float:
+        return stage_s(layers, has_head) + layers * attention_delta
+
+    mb_stage = [stage_total(n, i == pp - 1) for i, n in enumerate(stages)]
+    mb_gpu = max(mb_stage)
+    layers = max(stages)
+    mb_host = (layers * HOST_OPS_PER_LAYER + 30) * HOST_OP_S * gpu.host_overhead
+    compute = m * mb_gpu
+    host = m * mb_host
+    overhead = max(host, compute) + OVERLAP_LEFT * min(host, compute) - compute
+    bubble = (pp - 1) / layout.vpp * mb_gpu if pp > 1 else 0.0
+
+    # ---- tensor parallel, per layer and micro-batch (bus bytes of one collective over the activations)
+    tp_s = tp_bytes = 0.0
+    if tp > 1:
+        bw, lat = group_bandwidth(cluster, tp, 1)
+        unit = (tp - 1) / tp * tokens * model.hidden * act_b          # one all-gather or reduce-scatter
+        shapes = layer_gemms(model, tokens, tp)
+        wgrad = sum(gemm_s(gpu, k, n, mm, training.precision) for mm, n, k in shapes)
+        fwd_units = 4                                                  # AR = RS + AG: 2 AR or 2 (AG + RS)
+        bwd_exposed = 2 if sp else 0                                   # row-parallel's AG of the output grad
+        bwd_hidden = 4 + (2 if sp else 0)                              # input-grad AR/RS, redone AG (async)
+        redo = fwd_units if layout.checkpointing == "full" else 0      # the recomputed forward's collectives
+        calls = (4 if not sp else 8) + (2 if sp else 0) + (redo // 2 if not sp else redo)
+        per_layer = ((fwd_units + bwd_exposed + redo) * unit / bw + max(0.0, bwd_hidden * unit / bw - wgrad)
+                     + calls * lat)
+        tp_s = m * layers * per_layer
+        tp_bytes = m * layers * (fwd_units + bwd_exposed + bwd_hidden + redo) * unit
+
+    # ---- context parallel: the K/V ring, hidden behind the attention of the local chunk
+    cp_s = cp_bytes = 0.0
+    if cp > 1:
+        bw, lat = group_bandwidth(cluster, cp, tp)
+        kv = tokens * 2 * model.n_kv_heads * model.head_dim * act_b / tp
+        ring = 3 * (cp - 1) * kv                                        # K,V forward; K,V and dK,dV backward
+        attn = attention_s(gpu, model, layout.micro_batch, training.seq_len, tp, training.precision) / cp
+        cp_s = m * layers * (max(0.0, ring / bw - attn) + 3 * (cp - 1) * lat)
+        cp_bytes = m * layers * ring
+
+    # ---- data parallel (and cp: the weights are the same on dp·cp ranks)
+    shape = stage_shape(model, tp, pp, True, True, stages[0])
+    p = shape.params
+    group = layout.dp * cp
+    dp_s = dp_bytes = 0.0
+    distributed = int(layout.zero_stage) >= 1
+    if group > 1:
+        bw, lat = group_bandwidth(cluster, group, tp)
+        frac = (group - 1) / group
+        grads = frac * grad_bytes(training.precision) * p * (1 if distributed else 2)   # RS, or all-reduce
+        gather = frac * act_b * p if distributed else 0.0               # updated weights, all-gathered
+        buckets = max(1, -(-p // 40_000_000))                           # DDP's 40M-element buckets
+        reduce_s = grads / bw + buckets * lat
+        gather_s = gather / bw + (buckets * lat if distributed else 0.0)
+        backward = mb_gpu * 2 / 3                                       # the last micro-batch's backward
+        forward = mb_gpu / 3                                            # the next step's first forward
+        dp_s = max(0.0, reduce_s - backward) + max(0.0, gather_s - forward)
+        dp_bytes = grads + gather
+
+    # ---- pipeline point-to-point: each micro-batch's activation and gradient across each stage boundary
+    pp_s = pp_bytes = 0.0
+    if pp > 1:
+        bw, lat = group_bandwidth(cluster, pp, layout.dp * tp * cp)
+        msg = tokens * model.hidden * act_b / (tp if sp else 1)
+        pp_bytes = 2 * m * layout.vpp * msg
+        pp_s = pp_bytes / bw + 2 * m * layout.vpp * lat
+
+    local = p // (group if distributed else 1)
+    bw_hbm = gpu.hbm_gbps * 1e9 * gpu.hbm_efficiency
+    optimizer = (local * ADAM_BYTES + 4 * p) / bw_hbm                    # + zeroing the fp32 grad buffer
+    return TimeBreakdown(compute_s=compute, optimizer_s=optimizer, dp_comm_s=dp_s, tp_comm_s=tp_s + cp_s,
+                         pp_comm_s=pp_s, bubble_s=bubble, overhead_s=overhead,
+                         comm_bytes=int(tp_bytes + cp_bytes + dp_bytes + pp_bytes))
+
+
+def batched_gemm_s(gpu, batch: int, m: int, n: int, k: int, precision: str) -> float:
+    """Seconds of `batch` equal (m x k) @ (k x n) matmuls launched as one batched GEMM (cuBLAS strided
+    batched, as Megatron's unfused attention calls it): the tiles of all of them spread over the SMs
+    together, so there is no per-matrix wave loss, only the edge tiles' waste (128 x 128 tiles; a short
+    side pads to the tile). A roofline: FLOPs at the matmul ceiling or bytes at HBM speed, whichever is
+    longer (with K = head_dim the score matrix's HBM traffic is what bounds these)."""
+    elem = 4 if precision == "fp32" else 2
+    useful = (m * n) / (ceil(m / 128) * 128 * ceil(n / 128) * 128)
+    peak = gpu.peak_tflops(precision) * 1e12 * gpu.matmul_efficiency * useful
+    flops_s = 2.0 * batch * m * n * k / peak
+    bytes_s = batch * elem * (m * k + k * n + m * n) / (gpu.hbm_gbps * 1e9 * gpu.hbm_efficiency)
+    return max(flops_s, bytes_s)
+
+
+def unfused_attention_s(gpu, model: ModelSpec, micro_batch: int, seq: int, tp: int, precision: str
+                        ) -> tuple[float, float]:
+    """(forward, backward) seconds of Megatron's unfused core attention for one layer: the full s x s score
+    matrix of every head on this rank (the causal mask is applied, not skipped) as batched GEMMs with
+    K = head_dim or K = seq, and the memory-bound softmax/dropout passes over it."""
+    heads = micro_batch * model.n_heads // tp
+    d = model.head_dim
+    scores = heads * seq * seq
+    bw = gpu.hbm_gbps * 1e9 * gpu.hbm_efficiency
+    qk = batched_gemm_s(gpu, heads, seq, seq, d, precision)        # QK^T, and dP = dO V^T backward
+    av = batched_gemm_s(gpu, heads, seq, d, seq, precision)        # PV, and dV, dQ, dK backward
+    return qk + av + scores * UNFUSED_FWD_BYTES / bw, qk + 3 * av + scores * UNFUSED_BWD_BYTES / bw

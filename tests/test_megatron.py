@@ -1,0 +1,207 @@
+"""The Megatron-core engine: its rules, memory against published measurements, step time against published
+runs, the search over SP/CP/VPP/uneven stages, the estimate contract, and rendered arguments that Megatron-LM's
+own parse_args + validate_args accept (the pinned snapshot in shared/reference/megatron-lm-core_v0.16.1)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from shardplan.cli import main
+from shardplan.planner import Layout, Training, evaluate, get_cluster, get_model, plan
+from shardplan.planner.engines import uneven_stages
+from shardplan.planner.megatron.memory import megatron_memory
+
+ROOT = Path(__file__).resolve().parents[1]
+MEGATRON_LM = ROOT.parent / "shared" / "reference" / "megatron-lm-core_v0.16.1"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import megatron_published  # noqa: E402
+
+MG = Training(seq_len=8192, precision="bf16", engine="megatron")
+
+
+def test_engine_rules_name_the_engine_and_the_fix():
+    model, cluster = get_model("llama-3-8b"), get_cluster("2x8xH100-80GB")
+    cases = [
+        (Layout(dp=16, zero_stage=2), "Megatron's distributed optimizer"),
+        (Layout(dp=4, tp=2, cp=2, micro_batch=1, grad_accum=1), None),
+        (Layout(dp=2, pp=8, pp_layers=(4, 4, 4, 4, 4, 4, 5, 3)), "middle stages must hold equal layers"),
+        (Layout(dp=2, pp=8, vpp=4, pp_layers=None), None),
+        (Layout(dp=2, pp=8, vpp=3), r"vpp\(3\) must divide every stage.s layers"),
+        (Layout(dp=1, tp=16), "tp\\(16\\) must divide n_kv_heads\\(8\\)"),     # GQA: tp splits the kv heads
+    ]
+    for layout, message in cases:
+        training = Training(seq_len=8192, global_batch=layout.global_batch, engine="megatron")
+        if message is None:
+            assert evaluate(model, cluster, layout, training).fits in (True, False)
+        else:
+            with pytest.raises(ValueError, match=message):
+                evaluate(model, cluster, layout, training)
+    with pytest.raises(ValueError, match=r"seq\(8190\) must be a multiple of 2·cp = 4"):
+        evaluate(model, cluster, Layout(dp=8, cp=2), Training(seq_len=8190, global_batch=8, engine="megatron"))
+    with pytest.raises(ValueError, match="DeepSpeed's PipelineModule has no interleaved schedule"):
+        evaluate(model, cluster, Layout(dp=4, pp=4, vpp=2), Training(seq_len=8192, global_batch=16))
+
+
+def test_uneven_stages_match_published_splits():
+    assert uneven_stages(126, 16) == (7,) + (8,) * 14 + (7,)      # Llama 3 405B on pp 16
+    assert uneven_stages(70, 12) == (5,) + (6,) * 10 + (5,)       # BLOOM 176B (its README's partition)
+
+
+def test_model_states_are_what_megatron_allocates():
+    """theoretical_memory_usage.py: 18 B/param without the distributed optimizer, 6 + 12/(dp·cp) with it."""
+    model, cluster = get_model("llama-3-8b"), get_cluster("8xH100-80GB")
+    plain = megatron_memory(model, cluster, Layout(dp=8), MG)
+    sharded = megatron_memory(model, cluster, Layout(dp=4, cp=2, zero_stage=1), MG)
+    params = plain.params_bytes // 2
+    assert plain.grads_bytes == 4 * params and plain.optimizer_bytes == 12 * params
+    assert sharded.optimizer_bytes == 12 * params // 8 and sharded.grads_bytes == 4 * params
+
+
+@pytest.fixture(scope="module")
+def published():
+    data = json.loads(megatron_published.SOURCE.read_text())
+    cases = megatron_published.narayanan(data) + megatron_published.korthikanti(data)
+    return [megatron_published.predict(c) for c in cases], megatron_published.predict(megatron_published.bloom(data))
+
+
+def test_activation_memory_matches_the_published_measurements(published):
+    rows, _ = published
+    measured = [r for r in rows if "measured_activations_gib" in r]
+    assert len(measured) == 4
+    for r in measured:   # Korthikanti et al. Figure 1 (sequence parallel + selective recompute)
+        assert abs(r["activations_error"]) <= 0.05, r
+
+
+def test_step_times_against_published_megatron_runs(published):
+    rows, bloom = published
+    errors = sorted(abs(r["error"]) for r in rows)
+    assert errors[len(errors) // 2] <= 0.10, errors                # median within 10%
+    assert errors[-1] <= 0.20, errors                              # known misses documented in the README
+    assert bloom["fits"], bloom                                    # BLOOM 176B's layout ran: it must fit
+
+
+def test_the_search_explores_the_megatron_dimensions():
+    p = plan(get_model("llama-3-8b"), get_cluster("2x8xH100-80GB"), Training(seq_len=8192, engine="megatron"))
+    everyone = [p.best] + list(p.candidates)
+    assert all(e.layout.sequence_parallel == (e.layout.tp > 1) for e in everyone)  # SP always with tp on Megatron
+    assert all(int(e.layout.zero_stage) <= 1 for e in everyone)
+    big = plan(get_model("llama-3.1-405b"), get_cluster("128x8xH100-80GB"),
+               Training(seq_len=8192, global_batch=2048, engine="megatron"), pp=16)
+    assert big.best.layout.pp_layers == uneven_stages(126, 16)
+    assert big.best.fits
+    long = plan(get_model("llama-3-8b"), get_cluster("4x8xH100-80GB"),
+                Training(seq_len=131072, global_batch=32, engine="megatron"))
+    assert long.best.layout.cp > 1 and long.best.fits            # 128K tokens: context parallel pays
+
+
+def test_estimate_json_and_batch_carry_the_engine_and_the_new_layout_keys():
+    runner = CliRunner()
+    out = runner.invoke(main, ["estimate", "--model", "llama-3-8b", "--cluster", "2x8xH100-80GB", "--engine",
+                               "megatron", "--tp", "2", "--sp", "--pp", "2", "--vpp", "2", "--cp", "2",
+                               "--zero", "1", "--global-batch", "16", "--json"])
+    assert out.exit_code == 0, out.output
+    d = json.loads(out.stdout)
+    assert d["engine"] == "megatron"
+    assert {k: d["layout"][k] for k in ("sequence_parallel", "cp", "vpp", "pp_layers")} == {
+        "sequence_parallel": True, "cp": 2, "vpp": 2, "pp_layers": None}
+    lines = [{"model": "llama-3.1-405b", "cluster": "128x8xH100-80GB", "engine": "megatron",
+              "layout": {"tp": 8, "sequence_parallel": True, "pp": 16, "pp_layers": list(uneven_stages(126, 16)),
+                         "zero_stage": 1, "micro_batch": 1, "checkpointing": "full"},
+              "training": {"seq": 8192, "global_batch": 512}},
+             {"model": "gpt2", "cluster": "1xH200", "layout": {"zero": 1}}]   # an old request: unchanged
+    out = runner.invoke(main, ["estimate", "--batch", "-"], input="\n".join(json.dumps(x) for x in lines))
+    assert out.exit_code == 0, out.output
+    first, second = (json.loads(line) for line in out.stdout.splitlines())
+    assert first["engine"] == "megatron" and first["layout"]["pp_layers"][0] == 7 and first["fits"]
+    assert second["engine"] == "deepspeed" and second["layout"]["cp"] == 1
+
+
+def test_cross_node_tensor_parallel_is_costed_on_the_network():
+    model, cluster = get_model("megatron-gpt-18b"), get_cluster("4x8xH100-80GB")     # 48 heads: tp 16 divides them
+    t = Training(seq_len=2048, global_batch=16, engine="megatron")
+    inside = evaluate(model, cluster, Layout(dp=2, tp=8, pp=2, sequence_parallel=True, zero_stage=1, grad_accum=8), t)
+    across = evaluate(model, cluster, Layout(dp=2, tp=16, sequence_parallel=True, zero_stage=1, grad_accum=8), t)
+    assert across.time.tp_comm_s > 3 * inside.time.tp_comm_s
+
+
+MATRIX = {
+    "tp2-sp-pp4-vpp2": ["--model", "llama-3-8b", "--cluster", "2x8xH100-80GB", "--tp", "2", "--sp", "--pp", "4",
+                        "--vpp", "2", "--zero", "1", "--global-batch", "64"],
+    "cp2-tp4": ["--model", "llama-3-8b", "--cluster", "2x8xH100-80GB", "--tp", "4", "--sp", "--cp", "2",
+                "--zero", "1", "--global-batch", "16", "--seq", "32768"],
+    "uneven-pp16": ["--model", "llama-3.1-405b", "--cluster", "128x8xH100-80GB", "--tp", "8", "--sp", "--pp", "16",
+                    "--zero", "1", "--global-batch", "256", "--micro-batch", "1"],
+    "gpt-full-recompute": ["--model", "megatron-gpt-18b", "--cluster", "32x8xA100-80GB", "--tp", "8",
+                           "--checkpointing", "full", "--precision", "fp16", "--global-batch", "1024"],
+}
+
+
+@pytest.fixture(scope="module")
+def megatron_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("megatron")
+    runs = {}
+    for name, args in MATRIX.items():
+        out = CliRunner().invoke(main, ["render", "--engine", "megatron", *args, "--out", str(root / name)])
+        assert out.exit_code == 0, out.output
+        runs[name] = root / name
+    return runs
+
+
+def test_megatron_render_writes_the_planned_layout(megatron_runs):
+    run = megatron_runs["uneven-pp16"]
+    assert sorted(p.name for p in run.iterdir() if p.is_file()) == ["README.md", "launch_megatron.sh",
+                                                                    "megatron_args.sh", "plan.json"]
+    text = (run / "megatron_args.sh").read_text()
+    for flag in ("--tensor-model-parallel-size 8", "--sequence-parallel", "--pipeline-model-parallel-size 16",
+                 "--decoder-first-pipeline-num-layers 7", "--decoder-last-pipeline-num-layers 7",
+                 "--use-distributed-optimizer", "--overlap-grad-reduce", "export CUDA_DEVICE_MAX_CONNECTIONS=1"):
+        assert flag in text, flag
+    assert json.loads((run / "plan.json").read_text())["best"]["engine"] == "megatron"
+    for script in ("megatron_args.sh", "launch_megatron.sh"):
+        subprocess.run(["bash", "-n", str(run / script)], check=True)
+
+
+def validate(*args):
+    return CliRunner().invoke(main, ["validate", *map(str, args), "--json"])
+
+
+@pytest.mark.skipif(not MEGATRON_LM.is_dir(), reason="shared/reference/megatron-lm-core_v0.16.1 not beside the checkout")
+@pytest.mark.parametrize("name", sorted(MATRIX))
+def test_megatron_lm_own_validate_args_accepts_every_rendered_layout(megatron_runs, name):
+    out = validate(megatron_runs[name], "--megatron-lm", MEGATRON_LM)
+    assert out.exit_code == 0, out.output
+    verdict = json.loads(out.stdout)[0]["megatron"]
+    assert verdict["ok"], verdict
+    plan_layout = json.loads((megatron_runs[name] / "plan.json").read_text())["best"]["layout"]
+    facts = verdict["facts"]
+    assert facts["data_parallel_size"] == plan_layout["dp"]
+    assert facts["sequence_parallel"] == plan_layout["sequence_parallel"]
+    assert facts["context_parallel_size"] == plan_layout["cp"]
+    assert (facts["virtual_pipeline_model_parallel_size"] or 1) == plan_layout["vpp"]
+
+
+@pytest.mark.skipif(not MEGATRON_LM.is_dir(), reason="shared/reference/megatron-lm-core_v0.16.1 not beside the checkout")
+def test_megatron_lm_rejects_a_broken_layout(megatron_runs, tmp_path):
+    run = tmp_path / "broken"
+    run.mkdir()
+    for f in megatron_runs["cp2-tp4"].iterdir():
+        if f.is_file():
+            (run / f.name).write_text(f.read_text())
+    args = run / "megatron_args.sh"
+    args.write_text(args.read_text().replace("--context-parallel-size 2", "--context-parallel-size 3"))
+    out = validate(run, "--megatron-lm", MEGATRON_LM)
+    assert out.exit_code == 1, out.output
+    verdict = json.loads(out.stdout)[0]["megatron"]
+    assert not verdict["ok"] and verdict["message"], verdict
+    without_env = args.read_text().replace("export CUDA_DEVICE_MAX_CONNECTIONS=1\n", "")
+    args.write_text(without_env.replace("--context-parallel-size 3", "--context-parallel-size 2"))
+    out = validate(run, "--megatron-lm", MEGATRON_LM)
+    assert out.exit_code == 1 and "CUDA_DEVICE_MAX_CONNECTIONS" in json.loads(out.stdout)[0]["megatron"]["message"]
+
+
+def test_a_megatron_run_directory_needs_the_checkout_to_validate(megatron_runs):
+    out = CliRunner().invoke(main, ["validate", str(megatron_runs["cp2-tp4"])], env={"MEGATRON_LM": ""})
+    assert out.exit_code == 2 and "--megatron-lm" in out.output
