@@ -23,7 +23,10 @@ LLAMA_LIKE: dict[str, tuple[str, bool, bool]] = {
 }
 # GPT-2 layout: LayerNorm with bias, learned positions, 2-matrix MLP, biases everywhere.
 GPT2_LIKE: frozenset[str] = frozenset({"gpt2"})
-SUPPORTED = tuple(sorted(GPT2_LIKE | set(LLAMA_LIKE)))
+# Mixture-of-experts types (llama-style layers whose MLP is a router + SwiGLU experts; DeepSeek with MLA), read
+# by _moe_spec; each checked against transformers' model on the meta device (tests/test_moe_model.py).
+MOE_TYPES: frozenset[str] = frozenset({"mixtral", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3"})
+SUPPORTED = tuple(sorted(GPT2_LIKE | set(LLAMA_LIKE) | MOE_TYPES))
 
 
 def _config_file(path: str | Path) -> Path:
@@ -100,7 +103,12 @@ def load_hf_config(path: str | Path) -> ModelSpec:
         hf_logging.set_verbosity(level)
     name = _model_name(f) or model_type
     try:
-        spec = _gpt2_spec(name, cfg) if model_type in GPT2_LIKE else _llama_spec(name, cfg, d, LLAMA_LIKE[model_type])
+        if model_type in GPT2_LIKE:
+            spec = _gpt2_spec(name, cfg)
+        elif model_type in MOE_TYPES:
+            spec = _moe_spec(name, cfg, d, model_type)
+        else:
+            spec = _llama_spec(name, cfg, d, LLAMA_LIKE[model_type])
     except (TypeError, AttributeError) as e:
         raise ValueError(f"model config {str(f)!r} is missing or has a malformed shape field ({e}); "
                          "fix the file") from None
@@ -155,3 +163,37 @@ def _llama_spec(name: str, cfg, raw: dict, kind: tuple[str, bool, bool]) -> Mode
                      qkv_bias_only=biases == "qkv",
                      mlp_bias=reads_mlp_bias and bool(getattr(cfg, "mlp_bias", False)), qk_norm=qk_norm,
                      default_seq_len=_pretrained_seq_len(raw, context))
+
+
+def _moe_spec(name: str, cfg, raw: dict, model_type: str) -> ModelSpec:
+    """Mixtral, Qwen3-MoE, OLMoE, DeepSeek-V2/V3: which layers are MoE follows each modeling file's rule."""
+    layers = _need(cfg, "num_hidden_layers")
+    if model_type.startswith("deepseek"):   # DeepseekV2/V3DecoderLayer: MoE from layer first_k_dense_replace on
+        experts, shared = _need(cfg, "n_routed_experts"), getattr(cfg, "n_shared_experts", 0) or 0
+        dense = tuple(range(getattr(cfg, "first_k_dense_replace", 0) or 0))
+        mla = dict(q_lora_rank=getattr(cfg, "q_lora_rank", None) or 0, kv_lora_rank=_need(cfg, "kv_lora_rank"),
+                   rope_head_dim=_need(cfg, "qk_rope_head_dim"), v_head_dim=_need(cfg, "v_head_dim"),
+                   head_dim=_need(cfg, "qk_nope_head_dim") + _need(cfg, "qk_rope_head_dim"))
+    else:
+        experts = _need(cfg, "num_local_experts" if model_type == "mixtral" else "num_experts")
+        shared, mla = 0, {}
+        if model_type == "qwen3_moe":   # Qwen3MoeDecoderLayer: mlp_only_layers and decoder_sparse_step stay dense
+            step, only = getattr(cfg, "decoder_sparse_step", 1) or 1, set(getattr(cfg, "mlp_only_layers", []) or [])
+            dense = tuple(i for i in range(layers) if i in only or (i + 1) % step)
+        else:
+            dense = ()
+    hidden, heads = _need(cfg, "hidden_size"), _need(cfg, "num_attention_heads")
+    if not mla:
+        head_dim = getattr(cfg, "head_dim", None) or 0
+        mla = {"head_dim": 0 if head_dim == hidden // heads and hidden % heads == 0 else head_dim}
+    context = _need(cfg, "max_position_embeddings")
+    expert_ffn = getattr(cfg, "moe_intermediate_size", None) or _need(cfg, "intermediate_size")
+    return ModelSpec(name=name, arch="llama", n_layers=layers, hidden=hidden, n_heads=heads,
+                     n_kv_heads=getattr(cfg, "num_key_value_heads", None) or heads,
+                     ffn_hidden=_need(cfg, "intermediate_size"), vocab=_need(cfg, "vocab_size"), max_seq_len=context,
+                     tied_embeddings=bool(getattr(cfg, "tie_word_embeddings", False)),
+                     attention_bias=model_type == "qwen3_moe" and bool(getattr(cfg, "attention_bias", False)),
+                     qk_norm=model_type == "qwen3_moe", qk_norm_full=model_type == "olmoe",
+                     default_seq_len=_pretrained_seq_len(raw, context), experts=experts,
+                     top_k=_need(cfg, "num_experts_per_tok"), moe_ffn_hidden=expert_ffn, shared_experts=shared,
+                     dense_layers=dense, **mla)

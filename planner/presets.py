@@ -27,6 +27,19 @@ def _llama(name: str, layers: int, hidden: int, heads: int, kv_heads: int, ffn: 
                      tied_embeddings=tied, default_seq_len=trained_at)
 
 
+def _moe(name: str, layers: int, hidden: int, heads: int, kv_heads: int, ffn: int, vocab: int, context: int, *,
+         experts: int, top_k: int, expert_ffn: int = 0, shared: int = 0, first_dense: int = 0, head_dim: int = 0,
+         qk_norm: bool = False, qk_norm_full: bool = False, q_lora: int = 0, kv_lora: int = 0, rope: int = 0,
+         v_head: int = 0, trained_at: int = 0) -> ModelSpec:
+    # HF Mixtral / Qwen3-MoE / OLMoE / DeepSeek-V2/V3: llama-style attention (or MLA), SwiGLU experts, untied.
+    return ModelSpec(name=name, arch="llama", n_layers=layers, hidden=hidden, n_heads=heads, n_kv_heads=kv_heads,
+                     ffn_hidden=ffn, vocab=vocab, max_seq_len=context, tied_embeddings=False, head_dim=head_dim,
+                     qk_norm=qk_norm, qk_norm_full=qk_norm_full, default_seq_len=trained_at, experts=experts,
+                     top_k=top_k, moe_ffn_hidden=expert_ffn, shared_experts=shared,
+                     dense_layers=tuple(range(first_dense)), q_lora_rank=q_lora, kv_lora_rank=kv_lora,
+                     rope_head_dim=rope, v_head_dim=v_head)
+
+
 _PRESET_LIST: tuple[ModelSpec, ...] = (
     # GPT-2 (Radford et al. 2019; HF openai-community/gpt2*): vocab 50257, 1024 positions.
     _gpt2("gpt2", 12, 768, 12),
@@ -62,6 +75,28 @@ _PRESET_LIST: tuple[ModelSpec, ...] = (
     _gpt2("megatron-gpt-310b", 96, 16384, 128, vocab=51200, positions=2048),
     _gpt2("megatron-gpt-530b", 105, 20480, 128, vocab=51200, positions=2048),
     _gpt2("megatron-gpt-1t", 128, 25600, 160, vocab=51200, positions=2048),
+    # Mixture of experts (HF config.json of each; counts tested against transformers' classes on meta).
+    # Mixtral (Jiang et al. 2024; mistralai/Mixtral-8x7B-v0.1, -8x22B-v0.1): 8 experts, top-2, every layer MoE.
+    _moe("mixtral-8x7b", 32, 4096, 32, 8, 14336, 32000, 32768, experts=8, top_k=2, trained_at=4096),
+    _moe("mixtral-8x22b", 56, 6144, 48, 8, 16384, 32768, 65536, experts=8, top_k=2, trained_at=4096),
+    # Qwen3 MoE (Qwen/Qwen3-30B-A3B, Qwen3-235B-A22B): 128 experts, top-8, per-head q/k norm, pre-trained at 4096.
+    _moe("qwen3-30b-a3b", 48, 2048, 32, 4, 6144, 151936, 40960, experts=128, top_k=8, expert_ffn=768,
+         head_dim=128, qk_norm=True, trained_at=4096),
+    _moe("qwen3-235b-a22b", 94, 4096, 64, 4, 12288, 151936, 40960, experts=128, top_k=8, expert_ffn=1536,
+         head_dim=128, qk_norm=True, trained_at=4096),
+    # OLMoE (Muennighoff et al. 2024; allenai/OLMoE-1B-7B-0924): 64 experts, top-8, q/k norm over the projection.
+    _moe("olmoe-1b-7b", 16, 2048, 16, 16, 1024, 50304, 4096, experts=64, top_k=8, qk_norm_full=True),
+    # DeepSeek-V2-Lite (deepseek-ai/DeepSeek-V2-Lite): MLA without q compression, 2 shared + 64 routed, top-6,
+    # layer 0 dense; DeepSeek-V3 (Liu et al. 2024, deepseek-ai/DeepSeek-V3): 1 shared + 256 routed, top-8,
+    # layers 0-2 dense, pre-trained at 4096 (the MTP module is not in the HF model and not counted here).
+    _moe("deepseek-v2-lite", 27, 2048, 16, 16, 10944, 102400, 163840, experts=64, top_k=6, expert_ffn=1408,
+         shared=2, first_dense=1, head_dim=192, kv_lora=512, rope=64, v_head=128, trained_at=4096),
+    _moe("deepseek-v3", 61, 7168, 128, 128, 18432, 129280, 163840, experts=256, top_k=8, expert_ffn=2048, shared=1,
+         first_dense=3, head_dim=192, q_lora=1536, kv_lora=512, rope=64, v_head=128, trained_at=4096),
+    # The CPU test model of the MoE training program: gpt2-tiny with block 1 of 2 (every other block) an MoE of
+    # 4 experts, top-2 (deepspeed.moe.layer.MoE; DeepSpeed's gate is a bias-free hidden x experts linear).
+    ModelSpec(name="gpt2-tiny-moe", arch="gpt2", n_layers=2, hidden=64, n_heads=4, n_kv_heads=4, ffn_hidden=256,
+              vocab=512, max_seq_len=64, tied_embeddings=True, experts=4, top_k=2, dense_layers=(0,)),
 )
 
 PRESETS: dict[str, ModelSpec] = {m.name: m for m in _PRESET_LIST}
@@ -124,8 +159,8 @@ def apply_overrides(spec: ModelSpec, **overrides) -> ModelSpec:
             raise ValueError(f"model override {k}({v!r}) must be a positive integer")
     new = {OVERRIDES[k]: v for k, v in given.items()}
     if "hidden" in new or "n_heads" in new:
-        if spec.head_dim * spec.n_heads == spec.hidden:
-            new["head_dim"] = 0  # was derived: derive again from the new hidden/heads
+        if spec.head_dim * spec.n_heads == spec.hidden and not spec.kv_lora_rank:
+            new["head_dim"] = new["v_head_dim"] = 0  # was derived: derive again from the new hidden/heads
         if "n_kv_heads" not in new and spec.n_kv_heads == spec.n_heads:
             new["n_kv_heads"] = new.get("n_heads", spec.n_heads)
         if "ffn_hidden" not in new and spec.arch == "gpt2" and spec.ffn_hidden == 4 * spec.hidden:
