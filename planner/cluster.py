@@ -28,6 +28,15 @@ class GPUType:
     # The other efficiency constants of the time model that a calibration profile may fit (planner/calibration.py):
     hbm_efficiency: float = 0.8     # achievable share of peak HBM bandwidth for streaming kernels (STREAM-like)
     host_overhead: float = 1.0      # host (Python + launch) seconds per op relative to the calibration host's
+    # Low-precision tensor cores, dense: 0 where the card has none (fp8 from Hopper/Ada/MI300, fp4 from Blackwell
+    # and MI355X). mxfp8: the card scales FP8 blocks of 32 in hardware (OCP MX; Blackwell's tcgen05 MMA), which
+    # Transformer Engine's MXFP8BlockScaling recipe needs.
+    fp8_tflops: float = 0.0
+    fp4_tflops: float = 0.0
+    mxfp8: bool = False
+    # GPUs that share one NVLink (or xGMI) domain at nvlink_gbps: 0 means the node (an HGX board); 72 on GB200/
+    # GB300 NVL72, whose 18 trays of 4 GPUs are one NVLink switch fabric. Cluster.nvlink_domain applies it.
+    nvlink_domain: int = 0
 
     def __post_init__(self) -> None:
         for f in ("memory_bytes", "bf16_tflops", "fp16_tflops", "fp32_tflops", "hbm_gbps", "nvlink_gbps"):
@@ -40,6 +49,10 @@ class GPUType:
             raise ValueError(f"GPU {self.name}: hbm_efficiency({self.hbm_efficiency!r}) must be in (0, 1]")
         if not self.host_overhead > 0:
             raise ValueError(f"GPU {self.name}: host_overhead({self.host_overhead!r}) must be positive")
+        for f in ("fp8_tflops", "fp4_tflops", "nvlink_domain"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise ValueError(f"GPU {self.name}: {f}({v!r}) must be a number >= 0")
 
     @property
     def is_cpu(self) -> bool:
@@ -47,7 +60,13 @@ class GPUType:
         return self.name.upper() == "CPU"
 
     def peak_tflops(self, precision: str) -> float:
-        return {"bf16": self.bf16_tflops, "fp16": self.fp16_tflops, "fp32": self.fp32_tflops}[precision]
+        """Dense tensor-core peak for GEMMs in `precision` (fp8 and mxfp8 share the card's fp8 rate)."""
+        peak = {"bf16": self.bf16_tflops, "fp16": self.fp16_tflops, "fp32": self.fp32_tflops, "fp8": self.fp8_tflops,
+                "mxfp8": self.fp8_tflops, "fp4": self.fp4_tflops}[precision]
+        if not peak:
+            raise ValueError(f"GPU {self.name} has no {precision} tensor cores: use --precision bf16, or a card that "
+                             f"has them ({', '.join(n for n, g in CATALOG.items() if g.fp8_tflops)})")
+        return peak
 
 
 @dataclass(frozen=True)
@@ -74,6 +93,14 @@ class Cluster:
         return self.nodes * self.gpus_per_node
 
     @property
+    def nvlink_domain(self) -> int:
+        """GPUs reachable over NVLink from any GPU: the card's domain (whole nodes of it) or the node, at most
+        the cluster. Ranks fill a node, then the next node of the same domain."""
+        per = self.gpus_per_node
+        d = self.gpu.nvlink_domain or per
+        return min(self.world_size, max(per, d - d % per))
+
+    @property
     def spec(self) -> str:
         """The --cluster string that gives this cluster back."""
         return (f"{self.nodes}x" if self.nodes > 1 else "") + f"{self.gpus_per_node}x{self.gpu.name}"
@@ -82,10 +109,11 @@ class Cluster:
         return {"nodes": self.nodes, "gpus_per_node": self.gpus_per_node, "gpu": self.gpu.name,
                 "world_size": self.world_size, "gpu_memory_bytes": self.gpu.memory_bytes,
                 "intra_node_gbps": self.gpu.nvlink_gbps, "inter_node_gbps": self.inter_node_gbps,
-                "hosts": list(self.hosts), "source": self.source}
+                "nvlink_domain": self.nvlink_domain, "hosts": list(self.hosts), "source": self.source}
 
     def with_overrides(self, **overrides) -> "Cluster":
-        """This cluster with --gpu-memory (GB), --intra-node-bw, --inter-node-bw (GB/s) applied; None means unset."""
+        """This cluster with --gpu-memory (GB), --intra-node-bw, --inter-node-bw (GB/s), --nvlink-domain (GPUs)
+        applied; None means unset."""
         given = {k: v for k, v in overrides.items() if v is not None}
         unknown = sorted(set(given) - set(OVERRIDES))
         if unknown:
@@ -98,6 +126,12 @@ class Cluster:
             gpu = replace(gpu, memory_bytes=int(given["gpu_memory"] * GB))
         if "intra_node_bw" in given:
             gpu = replace(gpu, nvlink_gbps=float(given["intra_node_bw"]))
+        if "nvlink_domain" in given:
+            d = given["nvlink_domain"]
+            if d != int(d) or int(d) % self.gpus_per_node:
+                raise ValueError(f"--nvlink-domain({d!r}) must be a whole number of nodes: a multiple of the "
+                                 f"{self.gpus_per_node} GPUs per node (e.g. --nvlink-domain {self.gpus_per_node})")
+            gpu = replace(gpu, nvlink_domain=int(d))
         cluster = replace(self, gpu=gpu)
         if "inter_node_bw" in given:
             cluster = replace(cluster, inter_node_gbps=float(given["inter_node_bw"]))
@@ -116,6 +150,8 @@ class Cluster:
         if d.get("intra_node_gbps"):
             gpu = replace(gpu, nvlink_gbps=float(d["intra_node_gbps"]))
         cluster = cls(nodes, per_node, gpu, hosts=tuple(d.get("hosts") or ()), source=d.get("source", "flag"))
+        if d.get("nvlink_domain") and int(d["nvlink_domain"]) != cluster.nvlink_domain:
+            cluster = replace(cluster, gpu=replace(gpu, nvlink_domain=int(d["nvlink_domain"])))
         if d.get("inter_node_gbps"):
             cluster = replace(cluster, inter_node_gbps=float(d["inter_node_gbps"]))
         return cluster
@@ -134,14 +170,34 @@ def _card(name: str, mib: int, bf16: float, fp16: float, fp32: float, hbm: float
 # H100/H200 matmul_efficiency: 800 of 989 TFLOP/s bf16 measured for an 8192^3 matmul on an H200
 # (DESIGN.md, calibration); the other cards keep the unmeasured default.
 _CARDS = (
-    # NVIDIA H100 SXM5 datasheet: 989 bf16/fp16, 67 fp32, HBM3 3.35 TB/s, NVLink4 900 GB/s bidirectional.
-    _card("H100-80GB", 81089, 989.0, 989.0, 67.0, 3350.0, 450.0, matmul_efficiency=0.81),
-    # NVIDIA H100 PCIe datasheet: 756 bf16/fp16, 51 fp32, HBM2e 2.0 TB/s, PCIe Gen5 x16.
-    _card("H100-PCIe", 81008, 756.0, 756.0, 51.0, 2000.0, 64.0, matmul_efficiency=0.81),
+    # NVIDIA H100 SXM5 datasheet: 989 bf16/fp16, 1979 fp8, 67 fp32, HBM3 3.35 TB/s, NVLink4 900 GB/s bidirectional.
+    _card("H100-80GB", 81089, 989.0, 989.0, 67.0, 3350.0, 450.0, matmul_efficiency=0.81, fp8_tflops=1979.0),
+    # NVIDIA H100 PCIe datasheet: 756 bf16/fp16, 1513 fp8, 51 fp32, HBM2e 2.0 TB/s, PCIe Gen5 x16.
+    _card("H100-PCIe", 81008, 756.0, 756.0, 51.0, 2000.0, 64.0, matmul_efficiency=0.81, fp8_tflops=1513.0),
     # NVIDIA H200 SXM datasheet: H100 compute, 141 GB HBM3e 4.8 TB/s, NVLink4 (torch OOM: "139.81 GiB").
-    _card("H200", 143165, 989.0, 989.0, 67.0, 4800.0, 450.0, matmul_efficiency=0.81),
+    _card("H200", 143165, 989.0, 989.0, 67.0, 4800.0, 450.0, matmul_efficiency=0.81, fp8_tflops=1979.0),
     # NVIDIA GH200 datasheet (96 GB HBM3 version): H100 compute, 4.0 TB/s, NVLink4. Memory est. (smi 97871).
-    _card("GH200", 97400, 989.0, 989.0, 67.0, 4000.0, 450.0, matmul_efficiency=0.81),
+    _card("GH200", 97400, 989.0, 989.0, 67.0, 4000.0, 450.0, matmul_efficiency=0.81, fp8_tflops=1979.0),
+    # H800 SXM5 (NVIDIA's export variant; DeepSeek-V3 report sec. 3.1): H100 SXM compute and HBM3, NVLink cut to
+    # 400 GB/s bidirectional. Memory est. as the H100's.
+    _card("H800", 81089, 989.0, 989.0, 67.0, 3350.0, 200.0, matmul_efficiency=0.81, fp8_tflops=1979.0),
+    # H20 (NVIDIA HGX H20 product brief): 148 bf16, 296 fp8, 44 fp32 dense; 96 GB HBM3 4.0 TB/s; NVLink4 900
+    # bidirectional. Memory est. (smi 97871).
+    _card("H20", 97400, 148.0, 148.0, 44.0, 4000.0, 450.0, matmul_efficiency=0.81, fp8_tflops=296.0),
+    # NVIDIA HGX B200 datasheet, per GPU (8-GPU board / 8): 2.25 PF bf16, 4.5 PF fp8, 9 PF fp4 dense (half the
+    # sparse figures), 75 fp32; 180 GB HBM3e 8 TB/s; NVLink5 1.8 TB/s bidirectional. Memory est. (smi 183359).
+    _card("B200", 182900, 2250.0, 2250.0, 75.0, 8000.0, 900.0, fp8_tflops=4500.0, fp4_tflops=9000.0, mxfp8=True),
+    # NVIDIA HGX B300 datasheet, per GPU: 2.25 PF bf16, 4.5 PF fp8, 13.5 PF fp4 dense (Blackwell Ultra), 75 fp32;
+    # 288 GB HBM3e 8 TB/s; NVLink5. Memory est. (the datasheet's GB less torch's usual ~1.5%).
+    _card("B300", 270900, 2250.0, 2250.0, 75.0, 8000.0, 900.0, fp8_tflops=4500.0, fp4_tflops=13500.0, mxfp8=True),
+    # NVIDIA GB200 NVL72 datasheet, per GPU (rack / 72): 180 PF bf16, 360 PF fp8, 720 PF fp4 dense, 5760 TF fp32;
+    # 186 GB HBM3e 8 TB/s; NVLink5 1.8 TB/s bidirectional to all 72 GPUs (18 trays of 4). Memory est. (smi 189471).
+    _card("GB200", 189000, 2500.0, 2500.0, 80.0, 8000.0, 900.0, fp8_tflops=5000.0, fp4_tflops=10000.0, mxfp8=True,
+          nvlink_domain=72),
+    # NVIDIA GB300 NVL72 datasheet, per GPU: 360 PF bf16 and 720 PF fp8 sparse (2.5 / 5 PF dense), 1080 PF fp4 dense,
+    # 6 PF fp32 per rack; 288 GB HBM3e 8 TB/s; NVLink5, 72 GPUs per domain. Memory est. as the B300's.
+    _card("GB300", 270900, 2500.0, 2500.0, 83.0, 8000.0, 900.0, fp8_tflops=5000.0, fp4_tflops=15000.0, mxfp8=True,
+          nvlink_domain=72),
     # NVIDIA A100 datasheet: 312 bf16/fp16, 19.5 fp32; 80 GB HBM2e 2039 GB/s, 40 GB 1555 GB/s; NVLink3 600 bidir.
     _card("A100-80GB", 81152, 312.0, 312.0, 19.5, 2039.0, 300.0),  # torch OOM: "79.25 GiB total capacity"
     _card("A100-40GB", 40536, 312.0, 312.0, 19.5, 1555.0, 300.0),
@@ -151,17 +207,23 @@ _CARDS = (
     # NVIDIA T4 datasheet: 65 fp16 tensor, 8.1 fp32, GDDR6 320 GB/s, PCIe Gen3 x16; no bf16.
     _card("T4", 15109, 8.1, 65.0, 8.1, 320.0, 16.0, bf16_native=False),
     # NVIDIA L4 datasheet: 121 bf16/fp16 dense (242 sparse), 30.3 fp32, GDDR6 300 GB/s, PCIe Gen4. est. (smi 23034)
-    _card("L4", 22580, 121.0, 121.0, 30.3, 300.0, 32.0),
+    _card("L4", 22580, 121.0, 121.0, 30.3, 300.0, 32.0, fp8_tflops=242.5),   # fp8: 242.5 dense (485 sparse)
     # NVIDIA L40S datasheet: 362 bf16/fp16 dense (733 sparse), 91.6 fp32, GDDR6 864 GB/s, PCIe Gen4.
-    _card("L40S", 45589, 362.0, 362.0, 91.6, 864.0, 32.0),
+    _card("L40S", 45589, 362.0, 362.0, 91.6, 864.0, 32.0, fp8_tflops=733.0),  # fp8: 733 dense (1466 sparse)
     # AWS's A10 variant (Baseten, "NVIDIA A10 vs A10G"): 70 bf16/fp16 tensor, 35 fp32, 600 GB/s, PCIe Gen4.
     _card("A10G", 22587, 70.0, 70.0, 35.0, 600.0, 32.0),
     # NVIDIA Ada whitepaper, RTX 4090: 165 bf16/fp16 with fp32 accumulate, 82.6 fp32, 1008 GB/s, PCIe Gen4, no P2P.
     _card("RTX-4090", 24563, 165.2, 165.2, 82.6, 1008.0, 32.0),
     # AMD MI250X datasheet, per GCD (half the OAM): 191.5 bf16/fp16, 23.9 fp32 vector, 1.64 TB/s; link nominal.
     _card("MI250X", 65520, 191.5, 191.5, 23.9, 1638.0, 100.0),
-    # AMD MI300X datasheet: 1307 bf16/fp16 dense, 163.4 fp32, HBM3 5.3 TB/s, Infinity Fabric 896 GB/s bidir.
-    _card("MI300X", 196592, 1307.4, 1307.4, 163.4, 5300.0, 448.0),
+    # AMD MI300X datasheet: 1307 bf16/fp16 dense, 2614.9 fp8, 163.4 fp32, HBM3 5.3 TB/s, Infinity Fabric 896 GB/s bidir.
+    _card("MI300X", 196592, 1307.4, 1307.4, 163.4, 5300.0, 448.0, fp8_tflops=2614.9),
+    # AMD MI325X datasheet: MI300X compute (1307.4 bf16, 2614.9 fp8 dense, 163.4 fp32), 256 GB HBM3E 6 TB/s,
+    # Infinity Fabric 896 GB/s bidir (8 per platform). Memory est. (the MI300X's 192 GB reported as 196592 MiB).
+    _card("MI325X", 262128, 1307.4, 1307.4, 163.4, 6000.0, 448.0, fp8_tflops=2614.9),
+    # AMD MI355X datasheet: 2516.6 bf16, 5033.2 fp8, 10066.3 fp4 (MXFP4) dense, 157.3 fp32 vector; 288 GB HBM3E
+    # 8 TB/s; 7 Infinity Fabric links of 153.6 GB/s (1075 bidir). Memory est. (MI300X's ratio of reported to nominal).
+    _card("MI355X", 294888, 2516.6, 2516.6, 157.3, 8000.0, 537.6, fp8_tflops=5033.2, fp4_tflops=10066.3),
     # CPU processes (gloo) for runs without a GPU: nominal figures, a few GB and ~0.2 TFLOP/s per process.
     _card("CPU", 4096, 0.2, 0.2, 0.2, 20.0, 5.0, matmul_efficiency=1.0),
 )
@@ -174,7 +236,9 @@ ALIASES: dict[str, str] = {
     "GH200-96GB": "GH200", "A100": "A100-80GB", "A100-SXM": "A100-80GB", "A100-SXM4-80GB": "A100-80GB",
     "A100-80G": "A100-80GB", "A100-40G": "A100-40GB", "A100-SXM4-40GB": "A100-40GB", "V100": "V100-32GB",
     "V100-32G": "V100-32GB", "V100-16G": "V100-16GB", "4090": "RTX-4090", "RTX4090": "RTX-4090",
-    "MI250": "MI250X", "MI300": "MI300X",
+    "MI250": "MI250X", "MI300": "MI300X", "H800-80GB": "H800", "H800-SXM": "H800", "H20-96GB": "H20",
+    "B200-180GB": "B200", "HGX-B200": "B200", "DGX-B200": "B200", "HGX-B300": "B300", "GB200-NVL72": "GB200",
+    "GB300-NVL72": "GB300", "MI325": "MI325X", "MI355": "MI355X",
 }
 _BY_KEY = {**{k.upper(): v for k, v in ALIASES.items()}, **{k.upper(): k for k in CATALOG}}
 
@@ -201,11 +265,12 @@ def get_gpu(name: str) -> GPUType:
 
 _SPEC = re.compile(r"^(?:(\d+)[xX])?(\d+)[xX](\S+)$")
 SPEC_FORM = "[NODESx]GPUSxTYPE, e.g. 1xH200, 8xA100-40GB, 4x8xH100-80GB, or auto"
-OVERRIDES = ("gpu_memory", "intra_node_bw", "inter_node_bw")  # Cluster.with_overrides, the flags' names
+OVERRIDES = ("gpu_memory", "intra_node_bw", "inter_node_bw", "nvlink_domain")  # Cluster.with_overrides, the flags
 
 
 def parse_cluster(spec: str, **overrides) -> Cluster:
-    """A Cluster from "[NODESx]GPUSxTYPE"; overrides gpu_memory (GB), intra_node_bw and inter_node_bw (GB/s)."""
+    """A Cluster from "[NODESx]GPUSxTYPE"; overrides gpu_memory (GB), intra_node_bw and inter_node_bw (GB/s),
+    nvlink_domain (GPUs). "18x4xGB200" is one NVL72 rack: 18 trays of 4 GPUs in one NVLink domain."""
     if isinstance(spec, str) and spec.strip().lower() == "auto":
         raise ValueError("--cluster auto asks this machine (nvidia-smi, SLURM, hostfile): the planner does no I/O; "
                          "resolve it with shardplan.launch.inventory.get_cluster('auto')")
@@ -228,6 +293,8 @@ def parse_cluster(spec: str, **overrides) -> Cluster:
 
 # nvidia-smi names ("NVIDIA H100 80GB HBM3", "Tesla V100-SXM2-32GB") -> catalog; first match wins.
 _NAME_RULES: tuple[tuple[str, str], ...] = (
+    (r"GB300", "GB300"), (r"GB200", "GB200"), (r"B300", "B300"), (r"B200", "B200"), (r"H800", "H800"),
+    (r"\bH20\b", "H20"), (r"MI355X?", "MI355X"), (r"MI325X?", "MI325X"),
     (r"GH200", "GH200"), (r"H200", "H200"), (r"H100.*(PCIE|NVL)", "H100-PCIe"), (r"H100", "H100-80GB"),
     (r"A100.*80", "A100-80GB"), (r"A100", "A100-40GB"), (r"V100.*32", "V100-32GB"), (r"V100", "V100-16GB"),
     (r"L40S", "L40S"), (r"\bL4\b", "L4"), (r"A10G", "A10G"), (r"\bT4\b", "T4"), (r"RTX 4090", "RTX-4090"),

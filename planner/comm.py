@@ -28,11 +28,14 @@ class Comm:
 def group_bandwidth(cluster: Cluster, size: int, stride: int) -> tuple[float, float]:
     """(bus bytes/s, latency) of a group of `size` ranks `stride` apart (ranks fill a node first).
 
-    A group inside one node uses NVLink; one that spans nodes is limited by the per-GPU network.
+    A group inside one NVLink domain uses NVLink: the node on an HGX board, 72 GPUs over 18 trays on GB200/GB300
+    NVL72 (Cluster.nvlink_domain); one that spans domains is limited by the per-GPU network. Groups are
+    aligned (every span of size·stride ranks that divides the domain stays in it).
     """
     if size <= 1:
         return float("inf"), 0.0
-    inside = size * stride <= cluster.gpus_per_node
+    span, domain = size * stride, cluster.nvlink_domain
+    inside = span <= domain and (domain == cluster.gpus_per_node or domain % span == 0)
     if inside:
         return cluster.gpu.nvlink_gbps * 1e9, COLLECTIVE_LATENCY_S
     return min(cluster.gpu.nvlink_gbps, cluster.inter_node_gbps) * 1e9, INTER_NODE_LATENCY_S

@@ -25,20 +25,21 @@ def check_layout(model: ModelSpec, cluster: Cluster, layout: Layout, engine: str
         cp = f"·cp({layout.cp})" if layout.cp > 1 else ""
         raise ValueError(f"dp({layout.dp})·tp({layout.tp})·pp({layout.pp}){cp} = {layout.world_size} must equal the "
                          f"cluster's {cluster.world_size} GPUs ({cluster.spec}); leave --dp out to derive it")
-    per_node = cluster.gpus_per_node
-    if per_node % layout.tp and layout.tp % per_node:
-        raise ValueError(f"tp({layout.tp}) must divide the {per_node} GPUs of a node or be a multiple of them "
+    per_node, domain = cluster.gpus_per_node, cluster.nvlink_domain
+    if domain % layout.tp and layout.tp % per_node:
+        where = f"the {per_node} GPUs of a node" if domain == per_node else f"the {domain} GPUs of an NVLink domain"
+        raise ValueError(f"tp({layout.tp}) must divide {where} or be a multiple of the node's {per_node} "
                          "(a tensor-parallel group fills whole nodes)")
     for name, heads in (("n_heads", model.n_heads), ("n_kv_heads", model.n_kv_heads)):
         if heads % layout.tp:
             raise ValueError(f"tp({layout.tp}) must divide {name}({heads}) of {model.name}; "
-                             f"use --tp in {[t for t in divisors(heads) if t <= per_node]}")
+                             f"use --tp in {[t for t in divisors(heads) if t <= domain]}")
     check_engine_layout(model, layout, engine, seq_len)
 
 
 def cross_node_tp(cluster: Cluster, layout: Layout) -> bool:
-    """A tensor-parallel group that leaves the node: every layer's collectives cross the network."""
-    return layout.tp > cluster.gpus_per_node
+    """A tensor-parallel group that leaves the NVLink domain: every layer's collectives cross the network."""
+    return layout.tp > cluster.nvlink_domain
 
 
 def evaluate(model: ModelSpec, cluster: Cluster, layout: Layout, training: Training,

@@ -3,7 +3,8 @@ predicted throughput.
 
 Rules (README "How plan searches"):
 - world = dp · tp · pp uses every GPU of the cluster.
-- tp divides gpus_per_node (a tensor-parallel group never leaves a node), n_heads and n_kv_heads.
+- tp divides the NVLink domain (a tensor-parallel group never leaves it: the node, or 72 GPUs on NVL72), n_heads
+  and n_kv_heads.
 - pp divides n_layers (even stages) and world / tp.
 - ZeRO 0-3; at most 1 when pp > 1 (DeepSpeed's pipeline engine refuses 2 and 3).
 - micro_batch divides the per-replica batch (global / dp); grad_accum = global / (dp · micro_batch).
@@ -63,7 +64,7 @@ class SearchResult:
 
 
 def tp_degrees(model: ModelSpec, cluster: Cluster) -> list[int]:
-    return [t for t in divisors(cluster.gpus_per_node) if model.n_heads % t == 0 and model.n_kv_heads % t == 0]
+    return [t for t in divisors(cluster.nvlink_domain) if model.n_heads % t == 0 and model.n_kv_heads % t == 0]
 
 
 # Context parallelism is searched for long sequences only (below this, the sequence's activations are not
@@ -95,8 +96,9 @@ def check_fixed(model: ModelSpec, cluster: Cluster, c: dict, engine: str = "deep
     """A fixed tp or pp that no layout can have: say which values can."""
     if c.get("tp") is not None and c["tp"] not in tp_degrees(model, cluster) and (
             c["tp"] % cluster.gpus_per_node or model.n_heads % c["tp"] or model.n_kv_heads % c["tp"]):
-        raise ValueError(f"tp({c['tp']}) must divide the {cluster.gpus_per_node} GPUs of a node (or be a multiple "
-                         f"of them), n_heads({model.n_heads}) and n_kv_heads({model.n_kv_heads}); use --tp in "
+        raise ValueError(f"tp({c['tp']}) must divide the {cluster.nvlink_domain} GPUs of an NVLink domain (or be a "
+                         f"multiple of the node's {cluster.gpus_per_node}), n_heads({model.n_heads}) and "
+                         f"n_kv_heads({model.n_kv_heads}); use --tp in "
                          f"{tp_degrees(model, cluster)}")
     if c.get("pp") is not None:
         pps = pp_degrees(model, cluster.world_size, engine)

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from shardplan.planner import get_cluster
-from shardplan.planner.cluster import CATALOG, GB, GiB, Cluster, find_gpu, get_gpu, parse_cluster
+from shardplan.planner.cluster import CATALOG, GB, GiB, Cluster, find_gpu, get_gpu, gpu_from_name, parse_cluster
 
 REQUIRED = ("H100-80GB", "H100-PCIe", "H200", "A100-80GB", "A100-40GB", "V100-32GB", "V100-16GB", "L4", "L40S",
             "A10G", "RTX-4090", "MI250X", "MI300X", "GH200", "CPU")
@@ -120,3 +120,35 @@ def test_from_dict_round_trips_what_plan_json_records():
         Cluster.from_dict({"gpu": "H200"})
     with pytest.raises(ValueError, match="unknown GPU type 'TPUv5'"):
         Cluster.from_dict({"nodes": 1, "gpus_per_node": 8, "gpu": "TPUv5"})
+
+
+def test_blackwell_hopper_variants_and_amd_cards_with_their_low_precision_peaks():
+    for name, fp8, fp4, domain in (("B200", 4500, 9000, 0), ("B300", 4500, 13500, 0), ("GB200", 5000, 10000, 72),
+                                   ("GB300", 5000, 15000, 72), ("H800", 1979, 0, 0), ("H20", 296, 0, 0),
+                                   ("MI325X", 2614.9, 0, 0), ("MI355X", 5033.2, 10066.3, 0)):
+        g = CATALOG[name]
+        assert (g.fp8_tflops, g.fp4_tflops, g.nvlink_domain) == (fp8, fp4, domain)
+        assert abs(g.peak_tflops("fp8") / g.bf16_tflops - 2) < 0.01    # dense fp8 is twice bf16 on all of them
+    assert CATALOG["H100-80GB"].peak_tflops("fp8") == 1979.0 and CATALOG["H800"].nvlink_gbps < 450
+    with pytest.raises(ValueError, match="A100-80GB has no fp8 tensor cores: use --precision bf16"):
+        CATALOG["A100-80GB"].peak_tflops("fp8")
+    assert get_gpu("gb200-nvl72").name == "GB200" and gpu_from_name("NVIDIA H20").name == "H20"
+    assert gpu_from_name("NVIDIA H200").name == "H200" and gpu_from_name("NVIDIA B200").name == "B200"
+
+
+def test_the_nvlink_domain_spans_trays_on_nvl72_and_is_the_node_elsewhere():
+    from shardplan.planner.comm import group_bandwidth
+    rack = parse_cluster("18x4xGB200")
+    assert (rack.world_size, rack.nvlink_domain, rack.to_dict()["nvlink_domain"]) == (72, 72, 72)
+    assert parse_cluster("36x4xGB200").nvlink_domain == 72 and parse_cluster("4x8xH100").nvlink_domain == 8
+    # tp 8 over two trays of an NVL72 rack runs at NVLink speed; over two HGX nodes it crosses the network
+    assert group_bandwidth(rack, 8, 1)[0] == 900e9
+    assert group_bandwidth(parse_cluster("2x4xH100"), 8, 1)[0] == 50e9
+    assert group_bandwidth(parse_cluster("36x4xGB200"), 2, 72)[0] == 50e9      # across racks: the network
+    # --nvlink-domain: one override path, recorded and read back from plan.json's cluster
+    two = parse_cluster("4x8xH100", nvlink_domain=16)
+    assert two.nvlink_domain == 16 and group_bandwidth(two, 16, 1)[0] == 450e9
+    assert Cluster.from_dict(json.loads(json.dumps(two.to_dict()))) == two
+    assert Cluster.from_dict(rack.to_dict()) == rack
+    with pytest.raises(ValueError, match=r"--nvlink-domain\(6\) must be a whole number of nodes"):
+        two.with_overrides(nvlink_domain=6)

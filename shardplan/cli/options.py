@@ -54,6 +54,8 @@ def common_options(f):
         click.option("--gpu-memory", help="Override GPU memory, GB (e.g. 80 or 75GB)."),
         click.option("--intra-node-bw", type=float, help="Override NVLink bandwidth per GPU, GB/s."),
         click.option("--inter-node-bw", type=float, help="Override bandwidth between nodes per GPU, GB/s."),
+        click.option("--nvlink-domain", type=int, help="GPUs per NVLink domain (default: the card's, 72 on GB200/"
+                     "GB300 NVL72, else the node); tp/cp/ep groups stay inside one."),
         click.option("--seq", type=int, help="Training sequence length (default: the model's usual one)."),
         click.option("--global-batch", type=int, help="Sequences per optimizer step (default: see plan --help)."),
         click.option("--global-batch-tokens", help="Tokens per optimizer step instead, e.g. 2M (= 2·2^20)."),
