@@ -4,11 +4,16 @@ Methods: data parallel (ZeRO-0, DDP-like), ZeRO-1/2/3 (data parallel, sharded), 
 (tp as large as a node and the heads allow, dp over the rest), pipeline parallel (pp as large as the
 world and the layers allow, dp over the rest), hybrid (the best layout using at least two of dp, tp, pp).
 A method that cannot exist here (tp or pp of 1, e.g. on one GPU) is left out. When no method fits in GPU
-memory, "ZeRO-3 + offload" is added: what DeepSpeed's ZeRO-Offload/Infinity buys.
+memory, "ZeRO-3 + offload" is added: what DeepSpeed's ZeRO-Offload/Infinity buys. Last, the best layout of
+each engine side by side ("best on DeepSpeed", "best on Megatron-core"): the same model, cluster and batch
+under the other engine's rules, memory and time.
 """
 from __future__ import annotations
 
+import dataclasses
+
 from .cluster import Cluster
+from .engines import ENGINES
 from .estimate import Estimate, Training
 from .model import ModelSpec
 from .evaluate import check_headroom, estimate_layout
@@ -57,4 +62,19 @@ def compare(model: ModelSpec, cluster: Cluster, training: Training, headroom: fl
         elif offloaded.misses:
             layout, memory = min(offloaded.misses, key=lambda x: x[1].peak_bytes)
             rows.append(("ZeRO-3 + offload", estimate_layout(model, cluster, layout, training, headroom, memory)))
+    rows += best_per_engine(model, cluster, training, headroom)
+    return rows
+
+
+ENGINE_LABEL = {"deepspeed": "best on DeepSpeed", "megatron": "best on Megatron-core"}
+
+
+def best_per_engine(model: ModelSpec, cluster: Cluster, training: Training, headroom: float
+                    ) -> list[tuple[str, Estimate]]:
+    """The winner of each engine's own search (what `plan --engine E` picks), where one fits."""
+    rows = []
+    for engine in ENGINES:
+        result = search(model, cluster, dataclasses.replace(training, engine=engine), headroom, {}, offload=False)
+        if result.fits:
+            rows.append((ENGINE_LABEL[engine], rank(result.fits)[0]))
     return rows

@@ -31,15 +31,16 @@ class Plan:
 def plan(model: ModelSpec, cluster: Cluster, training: Training, headroom: float = 0.1, **constraints) -> Plan:
     """Search every layout, rank what fits, explain the winner. Raises NothingFits (with .suggestion).
 
-    constraints: tp, pp, zero_stage, micro_batch, checkpointing, offload fix that choice;
-    max_micro_batch caps micro-batches; top (default 5) is how many runners-up to return.
+    constraints: tp, pp, zero_stage, micro_batch, checkpointing, offload, sequence_parallel, cp, vpp, pp_layers
+    fix that choice; max_micro_batch caps micro-batches; top (default 5) is how many runners-up to return;
+    prefer (simple | memory | speed) breaks ties within 1% (search.rank).
     """
     c = check_constraints(constraints)
     check_fixed(model, cluster, c, training.engine)
     result = run_search(model, cluster, training, headroom, c)
     if not result.fits:
         raise nothing_fits(model, cluster, result, headroom, c)
-    ranked = rank(result.fits)
+    ranked = rank(result.fits, c.get("prefer", "simple"))
     best, seen, runners = ranked[0], {family_key(ranked[0].layout)}, []
     for e in ranked[1:]:
         if family_key(e.layout) not in seen:

@@ -9,7 +9,8 @@ from .layout import Layout
 from .cost import estimate_memory
 from .search import TIE, SearchResult
 
-DIMS = ("zero_stage", "tp", "pp", "checkpointing", "offload", "micro_batch")
+DECISIONS = ("zero_stage", "tp", "pp", "checkpointing", "offload", "cp", "vpp")   # one "X over Y" line each
+DIMS = DECISIONS + ("micro_batch",)
 CKPT = {"none": "no activation checkpointing", "full": "full activation checkpointing",
         "selective": "selective activation checkpointing"}
 OFFLOAD = {"none": "no CPU offload", "optimizer": "optimizer offload to CPU",
@@ -29,7 +30,8 @@ def value(layout: Layout, dim: str):
 def label(layout: Layout, dim: str) -> str:
     v = value(layout, dim)
     return {"zero_stage": f"ZeRO-{v}", "tp": f"tp={v}", "pp": f"pp={v}", "micro_batch": f"micro-batch {v}",
-            "checkpointing": CKPT.get(v, v), "offload": OFFLOAD.get(v, v)}[dim]
+            "checkpointing": CKPT.get(v, v), "offload": OFFLOAD.get(v, v), "cp": f"cp={v}",
+            "vpp": f"vpp={v}"}[dim]
 
 
 class Option:
@@ -129,7 +131,7 @@ def _host_memory(best: Estimate, cluster: Cluster) -> str:
 def _micro_batch_line(best: Estimate, options: list[Option], usable: float, headroom: float) -> str | None:
     layout = best.layout
     per_replica = layout.micro_batch * layout.grad_accum
-    same = [o for o in options if all(value(o.layout, d) == value(layout, d) for d in DIMS[:5])]
+    same = [o for o in options if all(value(o.layout, d) == value(layout, d) for d in DECISIONS)]
     bigger = sorted((o for o in same if o.layout.micro_batch > layout.micro_batch), key=lambda o: o.layout.micro_batch)
     accum = (f"grad accum {layout.grad_accum} reaches the global batch {layout.global_batch}" if layout.grad_accum > 1
              else f"no gradient accumulation: micro-batch × dp({layout.dp}) is the global batch")
@@ -152,7 +154,7 @@ def explain(best: Estimate, result: SearchResult, cluster: Cluster) -> list[str]
     lines = [f"{cluster.world_size} GPUs = dp {layout.dp} × tp {layout.tp} × pp {layout.pp}; global batch "
              f"{layout.global_batch} sequences = micro-batch {layout.micro_batch} × grad accum {layout.grad_accum} "
              f"× dp {layout.dp} ({layout.global_batch * best.training.seq_len:,} tokens)"]
-    for dim in DIMS[:5]:
+    for dim in DECISIONS:
         alt = _closest(layout, options, dim)
         extra = _extra(dim, best, alt, cluster)
         if alt is None:
@@ -162,7 +164,7 @@ def explain(best: Estimate, result: SearchResult, cluster: Cluster) -> list[str]
                              else f"{label(layout, dim)}: the only choice left")
             continue
         alt_label = label(alt.layout, dim)
-        diff = [label(alt.layout, d) for d in DIMS[:5] if d != dim and value(alt.layout, d) != value(layout, d)]
+        diff = [label(alt.layout, d) for d in DECISIONS if d != dim and value(alt.layout, d) != value(layout, d)]
         if diff:
             alt_label += f" ({', '.join(diff)})"
         line = f"{label(layout, dim)} over {label(alt.layout, dim)}: " + versus(best, alt, alt_label, result.usable)

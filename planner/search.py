@@ -32,7 +32,7 @@ SEARCHED_CHECKPOINTING = ("none", "full")
 # The layout fields plan() can hold fixed; dp and grad_accum follow from them and the global batch.
 SEARCHED_FIELDS = ("tp", "pp", "zero_stage", "micro_batch", "checkpointing", "offload", "sequence_parallel", "cp",
                    "vpp", "pp_layers")
-CONSTRAINTS = SEARCHED_FIELDS + ("max_micro_batch", "top")
+CONSTRAINTS = SEARCHED_FIELDS + ("max_micro_batch", "top", "prefer")
 
 
 CPU_SEQUENCES_PER_PROCESS = 8  # CPU processes (the demo): a step of seconds, not of minutes
@@ -219,14 +219,31 @@ def search(model: ModelSpec, cluster: Cluster, training: Training, headroom: flo
     return result
 
 
-def rank(estimates: list[Estimate]) -> list[Estimate]:
-    """Fastest first; within TIE of the fastest the one with less memory first (then the rest by speed)."""
+PREFERENCES = ("simple", "memory", "speed")
+
+
+def complexity(layout: Layout) -> tuple:
+    """How much machinery a layout asks for: ZeRO stage (ZeRO-3 gathers every parameter each micro-batch,
+    whose host-side cost the model knows least), offload, recompute, then the model-parallel degrees."""
+    return (int(layout.zero_stage), layout.offload != "none", layout.checkpointing != "none",
+            layout.tp * layout.pp * layout.cp, layout.vpp, layout.pp_layers is not None)
+
+
+def rank(estimates: list[Estimate], prefer: str = "simple") -> list[Estimate]:
+    """Fastest first; within TIE of the fastest (the model is not more precise than that) the preferred one:
+    "simple" the layout with the least machinery (complexity), "memory" the one with less memory, "speed"
+    strictly the fastest. The rest follow by speed."""
+    if prefer not in PREFERENCES:
+        raise ValueError(f"prefer({prefer!r}) must be one of {', '.join(PREFERENCES)}")
     ordered = sorted(estimates, key=lambda e: (-e.tokens_per_s, e.memory.peak_bytes))
-    if not ordered:
+    if not ordered or prefer == "speed":
         return ordered
     top = ordered[0].tokens_per_s * (1 - TIE)
     tied = [e for e in ordered if e.tokens_per_s >= top]
-    winner = min(tied, key=lambda e: e.memory.peak_bytes)
+    if prefer == "memory":
+        winner = min(tied, key=lambda e: e.memory.peak_bytes)
+    else:
+        winner = min(tied, key=lambda e: (complexity(e.layout), -e.tokens_per_s))
     return [winner] + [e for e in ordered if e is not winner]
 
 

@@ -110,8 +110,9 @@ def nothing_fits(model: ModelSpec, cluster: Cluster, result: SearchResult, headr
     ideas = []
     if c.get("offload") == "none" and _fits(model, cluster, training, headroom, offload=True):
         ideas.append("CPU offload makes it fit: drop --offload none (or use --offload optimizer)")
-    if c.keys() - {"offload", "top", "max_micro_batch"}:
-        ideas.append("relax the fixed choices (" + ", ".join(sorted(c.keys() - {"top", "max_micro_batch"})) + ")")
+    fixed = c.keys() - {"top", "max_micro_batch", "prefer"}
+    if fixed - {"offload"}:
+        ideas.append("relax the fixed choices (" + ", ".join(sorted(fixed)) + ")")
     more = smallest_cluster(model, cluster, training, headroom)
     if more:
         ideas.append(f"{more.world_size} of these GPUs fit (--cluster {more.spec})")

@@ -136,8 +136,11 @@ def test_compare_json_has_every_method_with_its_numbers():
     assert r.exit_code == 0, r.output
     rows = json.loads(r.stdout)
     names = [row["method"] for row in rows]
-    assert names == ["data parallel", "ZeRO-1", "ZeRO-2", "ZeRO-3", "tensor parallel", "pipeline parallel", "hybrid"]
+    assert names == ["data parallel", "ZeRO-1", "ZeRO-2", "ZeRO-3", "tensor parallel", "pipeline parallel", "hybrid",
+                     "best on DeepSpeed", "best on Megatron-core"]
     by = {row["method"]: row for row in rows}
+    assert by["best on DeepSpeed"]["engine"] == "deepspeed" and by["best on Megatron-core"]["engine"] == "megatron"
+    assert by["best on Megatron-core"]["layout"]["sequence_parallel"] == (by["best on Megatron-core"]["layout"]["tp"] > 1)
     assert by["tensor parallel"]["layout"]["tp"] == 8 and by["pipeline parallel"]["layout"]["pp"] == 8
     assert by["ZeRO-3"]["memory"]["peak_bytes"] < by["data parallel"]["memory"]["peak_bytes"]
     for row in rows:

@@ -75,14 +75,28 @@ def test_every_planned_layout_obeys_the_rules(name, nodes, per_node):
     assert ranked[1:] == sorted(ranked[1:], reverse=True)
 
 
-def test_rank_prefers_less_memory_within_the_tie_tolerance():
+def test_rank_prefers_less_memory_within_the_tie_tolerance_when_asked():
     model, cl = get_model("gpt2-xl"), cluster(1, 8)
     training = Training(1024, 64)
     options = brute_force(model, cl, training, 0.1)
-    winner = rank([e for e in options if e.fits])[0]
+    winner = rank([e for e in options if e.fits], prefer="memory")[0]
     fastest = max(e.tokens_per_s for e in options if e.fits)
     tied = [e for e in options if e.fits and e.tokens_per_s >= fastest * (1 - TIE)]
     assert winner.memory.peak_bytes == min(e.memory.peak_bytes for e in tied)
+    assert rank([e for e in options if e.fits], prefer="speed")[0].tokens_per_s == fastest
+
+
+def test_ties_go_to_the_simpler_layout_by_default():
+    """Issue 9: gpt2-xl on 2x8 A100 tied ZeRO-3 with ZeRO-1 within 1% and picked ZeRO-3 for its memory; the
+    model knows ZeRO-3's per-step host costs least, so the simpler stage wins unless memory asks for more."""
+    model, cl = get_model("gpt2-xl"), Cluster(2, 8, dataclasses.replace(CARD, name="A100-80GB"))
+    default = plan(model, cl, Training(1024, 512))
+    lean = plan(model, cl, Training(1024, 512), prefer="memory")
+    assert int(default.best.layout.zero_stage) < 3
+    assert default.best.tokens_per_s >= lean.best.tokens_per_s * (1 - TIE)
+    assert lean.best.memory.peak_bytes <= default.best.memory.peak_bytes
+    with pytest.raises(ValueError, match="prefer"):
+        rank([default.best], prefer="cheapest")
 
 
 def test_constraints_fix_the_choice():

@@ -35,6 +35,10 @@ def _console(width: int = 120):
 @common_options
 @layout_options(SEARCHABLE, notes={"checkpointing": " (searched: none, full)",
                                    "offload": " (default: only when nothing fits without it)"})
+@click.option("--prefer", type=click.Choice(["simple", "memory", "speed"]), default="simple", show_default=True,
+              help="Among layouts within 1% of the fastest (the model's precision): the one with the least "
+                   "machinery (lowest ZeRO stage, no offload or recompute, fewest model-parallel ranks), the one "
+                   "using the least memory, or strictly the fastest.")
 @click.option("--top", type=click.IntRange(0, 100), default=5, show_default=True,
               help="How many next-best alternatives (one per distinct zero/tp/pp/ckpt/offload family).")
 @calibration_option
@@ -46,7 +50,7 @@ def _console(width: int = 120):
               help="With --nodes: what picks the node count: most tokens/s (throughput; time: the same, by days "
                    "to train), or fewest GPU-hours (cost). Default: cost with --deadline, else time.")
 @plot_option
-def plan(top, calibration, tokens, price, nodes, deadline, objective, plot, **opts):
+def plan(top, prefer, calibration, tokens, price, nodes, deadline, objective, plot, **opts):
     """Search every layout of MODEL on CLUSTER, rank what fits by predicted tokens/s, explain the winner.
 
     \b
@@ -60,10 +64,12 @@ def plan(top, calibration, tokens, price, nodes, deadline, objective, plot, **op
       shardplan plan --model gpt2-xl --cluster 8xH100 --plot plan.png --calibration h200.json
 
     \b
-    The search: dp·tp·pp uses every GPU; tp divides the GPUs of a node and the (kv) heads; pp divides
-    the layers; ZeRO 0-3 (0-1 with pp>1); micro-batch divides the per-replica batch; checkpointing
-    none/full; CPU offload only when nothing fits without it. A layout fits when its peak memory is at
-    most capacity·(1-headroom). Default global batch: world·2^k sequences, the smallest with >= 0.5M tokens
+    The search: dp·tp·pp·cp uses every GPU; tp divides the GPUs of a node and the (kv) heads; pp divides
+    the layers (--engine megatron: any pp, with uneven first/last stages); ZeRO 0-3 (0-1 with pp>1;
+    Megatron: 0 or its distributed optimizer); sequence parallel with tp on Megatron; cp for sequences
+    of 16K and more on Megatron; vpp 2/4 for pp>2 on Megatron; micro-batch divides the per-replica
+    batch; checkpointing none/full; CPU offload only when nothing fits without it (DeepSpeed). A layout
+    fits when its peak memory is at most capacity·(1-headroom). Ties within 1%: --prefer. Default global batch: world·2^k sequences, the smallest with >= 0.5M tokens
     (8 sequences per process on CPU processes).
     Exit code 2 when nothing fits, with what would (more GPUs, offload, a larger card).
     """
@@ -79,7 +85,7 @@ def plan(top, calibration, tokens, price, nodes, deadline, objective, plot, **op
                                objective, opts["as_json"])
         if deadline or objective:
             raise ValueError("--deadline and --objective pick a node count: give --nodes too, e.g. --nodes 1-64")
-        result = search_plan(model, cluster, training, headroom=headroom, top=top, **fixed)
+        result = search_plan(model, cluster, training, headroom=headroom, top=top, prefer=prefer, **fixed)
         if plot:
             _plot_plan(result, model, cluster, training, headroom, fixed, plot)
     if opts["as_json"]:

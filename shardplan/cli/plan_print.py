@@ -26,8 +26,20 @@ def count(n: int) -> str:
 
 def layout_line(e: Estimate) -> str:
     l = e.layout
-    return (f"dp={l.dp} tp={l.tp} pp={l.pp} ZeRO-{int(l.zero_stage)} micro-batch={l.micro_batch} "
-            f"grad-accum={l.grad_accum} checkpointing={l.checkpointing} offload={l.offload}")
+    megatron = e.training.engine == "megatron"
+    extra = (" sp" if l.sequence_parallel else "") + (f" cp={l.cp}" if l.cp > 1 else "") + (
+        f" vpp={l.vpp}" if l.vpp > 1 else "") + (f" stages={','.join(map(str, l.pp_layers))}" if l.pp_layers else "")
+    sharding = ("distributed-optimizer" if int(l.zero_stage) else "no-optimizer-sharding") if megatron \
+        else f"ZeRO-{int(l.zero_stage)}"
+    return (f"{'megatron: ' if megatron else ''}dp={l.dp} tp={l.tp} pp={l.pp}{extra} {sharding} "
+            f"micro-batch={l.micro_batch} grad-accum={l.grad_accum} checkpointing={l.checkpointing} "
+            f"offload={l.offload}")
+
+
+def grid(l) -> str:
+    """dp×tp×pp (×cp), with sequence parallel and interleaving marked: "4×2sp×2v2"."""
+    return (f"{l.dp}×{l.tp}{'sp' if l.sequence_parallel else ''}×{l.pp}{f'v{l.vpp}' if l.vpp > 1 else ''}"
+            + (f"×cp{l.cp}" if l.cp > 1 else ""))
 
 
 def memory_bar(e: Estimate) -> Text:
@@ -100,7 +112,7 @@ def candidates_table(candidates, budget=None) -> Table:
         table.add_column(col, justify="left" if col in ("ckpt", "offload") else "right", no_wrap=True)
     for e in candidates:
         l = e.layout
-        table.add_row(f"{l.dp}×{l.tp}×{l.pp}", str(int(l.zero_stage)), f"{l.micro_batch}×{l.grad_accum}",
+        table.add_row(grid(l), str(int(l.zero_stage)), f"{l.micro_batch}×{l.grad_accum}",
                       l.checkpointing, l.offload, f"{e.memory.peak_bytes / GB:.1f}",
                       secs(e.step_time_s), f"{e.tokens_per_s:,.0f}", f"{e.mfu:.1%}",
                       *budget_cells(budget(e) if budget else None))
@@ -137,7 +149,7 @@ def compare_table(rows, budget=None) -> Table:
     for name, e in rows:
         l = e.layout
         bubble = e.time.bubble_s / e.step_time_s if e.step_time_s else 0.0
-        table.add_row(("★ " if e is best else "") + name, f"{l.dp}×{l.tp}×{l.pp}", str(int(l.zero_stage)),
+        table.add_row(("★ " if e is best else "") + name, grid(l), str(int(l.zero_stage)),
                       f"{l.micro_batch}×{l.grad_accum}", l.checkpointing + ("" if l.offload == "none" else
                                                                             f" +{l.offload} offload"),
                       f"{e.memory.peak_bytes / GB:.1f}", "yes" if e.fits else "[red]no[/red]",
@@ -167,7 +179,7 @@ def print_sweep(entries, chosen, cheapest, fastest, console: Console | None = No
     for x in entries:
         e, l = x.plan.best, x.plan.best.layout
         marks = [name for name, pick in (("chosen", chosen), ("cheapest", cheapest), ("fastest", fastest)) if pick is x]
-        table.add_row(str(x.nodes), str(x.gpus), f"{l.dp}×{l.tp}×{l.pp}", str(int(l.zero_stage)),
+        table.add_row(str(x.nodes), str(x.gpus), grid(l), str(int(l.zero_stage)),
                       f"{l.micro_batch}×{l.grad_accum}", l.checkpointing, f"{e.tokens_per_s:,.0f}", f"{e.mfu:.1%}",
                       *budget_cells(x.budget), ", ".join(marks), style="bold" if x is chosen else None)
     console.print(table)
