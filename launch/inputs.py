@@ -121,6 +121,8 @@ def inputs_from_options(opts: dict):
         cluster = use_gpus(cluster, opts["gpus"])
     training = build_training(model, opts.get("seq"), opts.get("global_batch"), opts.get("global_batch_tokens"),
                               opts.get("precision") or "bf16", opts.get("engine") or "deepspeed")
+    if opts.get("mfu_peak"):
+        training = dataclasses.replace(training, mfu_peak=opts["mfu_peak"])
     headroom = parse_headroom(opts.get("headroom", "10%"))
     return model, cluster, training, headroom
 
@@ -179,7 +181,8 @@ def resolve_request(request, opts: dict, layout_opts: dict, cache: dict):
     request = _keys(request, "request", ("model", "cluster", "engine", "layout", "overrides", "training"))
     overrides = _keys(request.get("overrides", {}), "overrides", MODEL_OVERRIDES + CLUSTER_OVERRIDES)
     training = _keys(request.get("training", {}), "training",
-                     ("seq", "global_batch", "global_batch_tokens", "precision", "headroom", "engine", "zero_buckets"))
+                     ("seq", "global_batch", "global_batch_tokens", "precision", "headroom", "engine", "zero_buckets",
+                      "mfu_peak"))
     layout = _keys(request.get("layout", {}), "layout", LAYOUT_FLAGS)
     name = request.get("model", opts.get("model"))
     model_over = {k: overrides.get(k, opts.get(k)) for k in MODEL_OVERRIDES}
@@ -198,6 +201,8 @@ def resolve_request(request, opts: dict, layout_opts: dict, cache: dict):
                            request.get("engine", opts.get("engine")) or "deepspeed")
     # who ran the step and which ZeRO buckets it used (measured lines: plain PyTorch, DeepSpeed's defaults)
     built = dataclasses.replace(built, **{k: training[k] for k in ("engine", "zero_buckets") if k in training})
+    if training.get("mfu_peak", opts.get("mfu_peak")):
+        built = dataclasses.replace(built, mfu_peak=training.get("mfu_peak", opts.get("mfu_peak")))
     headroom = parse_headroom(training.get("headroom", opts.get("headroom", "10%")))
     merged = {**{k: v for k, v in layout_opts.items()}, **layout}
     return model, cluster, built, headroom, build_layout(cluster, built, merged)

@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 from .cluster import Cluster
 from .layout import Layout, Precision, PRECISIONS
+
+MFU_PEAKS = ("bf16", "fp16", "fp32", "fp8", "fp4")   # Training.mfu_peak: GPUType.peak_tflops' precisions
 from .model import ModelSpec
 
 
@@ -37,6 +39,10 @@ class Training:
     # The step without needless host syncs: torch's fused AdamW kernel (one pass over p, g, m, v) and, in bf16,
     # no overflow check (ds_config bf16.check_grad_overflow false). Render turns it on for GPU runs.
     fused_step: bool = False
+    # The peak MFU is measured against: "auto" = the precision's own dense peak, bf16 for fp8/mxfp8 (FP8 MFU is
+    # conventionally quoted against the bf16 peak, which also keeps it comparable across precisions); "fp8"
+    # (or another precision) asks for that peak instead.
+    mfu_peak: str = "auto"
 
     def __post_init__(self) -> None:
         if not isinstance(self.seq_len, int) or self.seq_len < 1:
@@ -57,6 +63,8 @@ class Training:
                              "program runs flash attention (SDPA): use --engine megatron")
         if self.grad_accum_dtype not in ("model", "fp32"):
             raise ValueError(f"grad_accum_dtype({self.grad_accum_dtype!r}) must be 'model' or 'fp32'")
+        if self.mfu_peak not in ("auto",) + MFU_PEAKS:
+            raise ValueError(f"mfu_peak({self.mfu_peak!r}) must be auto or one of {', '.join(MFU_PEAKS)}")
         if self.zero_buckets not in ("shardplan", "deepspeed"):
             raise ValueError(f"zero_buckets({self.zero_buckets!r}) must be 'shardplan' or 'deepspeed'")
 
@@ -143,10 +151,22 @@ class Estimate:
         return self.tokens_per_step / self.step_time_s
 
     @property
+    def mfu_peak(self) -> str:
+        """The dense peak MFU is measured against: bf16 for FP8 training unless Training.mfu_peak says otherwise."""
+        if self.training.mfu_peak != "auto":
+            return self.training.mfu_peak
+        return "bf16" if self.training.precision in ("fp8", "mxfp8") else self.training.precision
+
+    @property
+    def model_tflops_per_gpu(self) -> float:
+        """Model TFLOP/s per GPU (the FLOPs MFU counts): the unit NVIDIA's performance tables use."""
+        return self.model.flops_per_token(self.training.seq_len) * self.tokens_per_s / self.layout.world_size / 1e12
+
+    @property
     def mfu(self) -> float:
         """Model FLOPs utilization: 6N + 12·L·h·s per token (no recompute counted) over the cluster's peak."""
         flops = self.model.flops_per_token(self.training.seq_len) * self.tokens_per_s
-        peak = self.cluster.gpu.peak_tflops(self.training.precision) * 1e12 * self.layout.world_size
+        peak = self.cluster.gpu.peak_tflops(self.mfu_peak) * 1e12 * self.layout.world_size
         return flops / peak
 
     def to_dict(self) -> dict:
@@ -156,4 +176,5 @@ class Estimate:
                              "precision": self.training.precision, "optimizer": self.training.optimizer,
                              "compile": self.training.compile, "fused_step": self.training.fused_step},
                 "memory": self.memory.to_dict(), "time": self.time.to_dict(), "fits": self.fits,
-                "step_time_s": self.step_time_s, "tokens_per_s": self.tokens_per_s, "mfu": self.mfu}
+                "step_time_s": self.step_time_s, "tokens_per_s": self.tokens_per_s, "mfu": self.mfu,
+                "mfu_peak": self.mfu_peak, "model_tflops_per_gpu": self.model_tflops_per_gpu}

@@ -16,6 +16,7 @@ from math import ceil
 from . import compiled as compiled_time
 from .cluster import GPUType
 from .model import ModelSpec
+from .precision import attention_precision, is_fp8, layer_cast_bytes, model_bytes
 
 TILE_M, TILE_N = 128, 256       # cuBLAS/CUTLASS bf16 tile on Hopper (a 128x128 tile on older cards)
 K_FILL = 512                    # K elements of main loop that one tile's prologue+epilogue cost
@@ -53,14 +54,14 @@ def gemm_s(gpu: GPUType, m: int, n: int, k: int, precision: str = "bf16") -> flo
     """Seconds for an (m x k) @ (k x n) matmul."""
     if m <= 0 or n <= 0 or k <= 0:
         return 0.0
-    elem = 4 if precision == "fp32" else 2
+    elem = 4 if precision == "fp32" else 1 if is_fp8(precision) else 2   # FP8 operands, a bf16 output (below)
     peak = gpu.peak_tflops(precision) * 1e12 * (gpu.matmul_efficiency if precision != "fp32" else 1.0)
     sms = sm_count(gpu)
     # the ceiling was measured at 8192^3, which itself loses a little to the last wave: normalize to it
     wave_eff = min(1.0, _wave_efficiency(m, n, sms) / _wave_efficiency(K_CEILING, K_CEILING, sms))
     fill = (k / (k + K_FILL)) / (K_CEILING / (K_CEILING + K_FILL))
     flops_s = 2.0 * m * n * k / (peak * wave_eff * min(1.0, fill))
-    bytes_s = elem * (m * k + k * n + m * n) / (gpu.hbm_gbps * 1e9 * gpu.hbm_efficiency)
+    bytes_s = (elem * (m * k + k * n) + max(elem, 2) * m * n) / (gpu.hbm_gbps * 1e9 * gpu.hbm_efficiency)
     return max(flops_s, bytes_s, KERNEL_GPU_S)
 
 
@@ -125,15 +126,16 @@ def microbatch_gpu_s(gpu: GPUType, model: ModelSpec, layers: int, micro_batch: i
     vocab_parallel: the LM head and loss split over tp (Megatron always; default: with sequence_parallel)."""
     vocab_parallel = sequence_parallel if vocab_parallel is None else vocab_parallel
     tokens = micro_batch * seq
-    act_b = 2 if precision in ("bf16", "fp16") or engine == "torch" else 4
+    act_b = 2 if engine == "torch" else model_bytes(precision)
     bw = gpu.hbm_gbps * 1e9 * gpu.hbm_efficiency
     mm_prec = "bf16" if engine == "torch" else precision
+    bf16_prec = attention_precision(mm_prec)     # FP8 runs only the layers' GEMMs in FP8 (planner/precision.py)
     shapes = layer_gemms(model, tokens, tp)
     gemm = fwd_bwd_gemm_s(gpu, shapes, mm_prec)
-    attn = attention_s(gpu, model, micro_batch, seq, tp, mm_prec)
+    attn = attention_s(gpu, model, micro_batch, seq, tp, bf16_prec)
     elem_bytes = compiled_time.layer_elementwise_bytes if compiled else layer_elementwise_bytes
     elem = elem_bytes(model, tokens, tp, act_b, engine, sequence_parallel) / bw
-    per_layer = gemm + attn + elem
+    per_layer = gemm + attn + elem + layer_cast_bytes(model, tokens, tp, mm_prec) / bw
     weight_casts = engine == "torch"    # autocast: each fp32 weight cast to bf16 per forward (4+2 bytes), its bf16
     #                                     weight grad cast back to fp32 in backward (2+4)
     if weight_casts:
@@ -145,7 +147,7 @@ def microbatch_gpu_s(gpu: GPUType, model: ModelSpec, layers: int, micro_batch: i
     total = layers * per_layer
     if has_head:
         v = model.vocab // tp if vocab_parallel else model.vocab     # vocabulary-parallel head and loss
-        total += (fwd_bwd_gemm_s(gpu, [(tokens, v, model.hidden)], mm_prec)
+        total += (fwd_bwd_gemm_s(gpu, [(tokens, v, model.hidden)], bf16_prec)
                   + (compiled_time.loss_bytes if compiled else loss_bytes)(model, tokens) / bw * v / model.vocab
                   + weight_casts * 12 * v * model.hidden / bw)
     return total

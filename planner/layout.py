@@ -7,11 +7,11 @@ from typing import Literal
 
 Checkpointing = Literal["none", "full", "selective"]
 Offload = Literal["none", "optimizer", "optimizer+params"]
-Precision = Literal["bf16", "fp16", "fp32"]
+Precision = Literal["bf16", "fp16", "fp32", "fp8", "mxfp8"]   # fp8/mxfp8: Transformer Engine GEMMs (planner/precision.py)
 
 CHECKPOINTING: tuple[Checkpointing, ...] = ("none", "full", "selective")
 OFFLOADS: tuple[Offload, ...] = ("none", "optimizer", "optimizer+params")
-PRECISIONS: tuple[Precision, ...] = ("bf16", "fp16", "fp32")
+PRECISIONS: tuple[Precision, ...] = ("bf16", "fp16", "fp32", "fp8", "mxfp8")
 
 
 def divisors(n: int) -> list[int]:

@@ -136,6 +136,11 @@ MATRIX = {
                     "--zero", "1", "--global-batch", "256", "--micro-batch", "1"],
     "gpt-full-recompute": ["--model", "megatron-gpt-18b", "--cluster", "32x8xA100-80GB", "--tp", "8",
                            "--checkpointing", "full", "--precision", "fp16", "--global-batch", "1024"],
+    # issue 11: FP8 on Hopper (hybrid, per-tensor current scaling); MXFP8 on an NVL72 rack, tp 8 across two trays
+    "fp8-tp2-sp": ["--model", "llama-3-8b", "--cluster", "2x8xH100-80GB", "--tp", "2", "--sp", "--zero", "1",
+                   "--precision", "fp8", "--global-batch", "64"],
+    "mxfp8-nvl72-tp8": ["--model", "llama-3-70b", "--cluster", "18x4xGB200", "--tp", "8", "--sp", "--pp", "1",
+                        "--zero", "1", "--precision", "mxfp8", "--global-batch", "72", "--micro-batch", "1"],
 }
 
 

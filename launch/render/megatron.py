@@ -9,6 +9,7 @@ on them (launch/validate/megatron.py).
 from __future__ import annotations
 
 from shardplan.planner.estimate import Estimate
+from shardplan.planner.precision import is_fp8, recipe as fp8_recipe
 
 from .ds_config import Schedule
 
@@ -71,6 +72,9 @@ def megatron_args(est: Estimate, schedule: Schedule) -> tuple[tuple[str, ...], .
             args.append(("--untie-embeddings-and-output-weights",))
     if tr.precision in ("bf16", "fp16"):
         args.append((f"--{tr.precision}",))
+    elif is_fp8(tr.precision):   # Transformer Engine FP8 GEMMs over bf16 weights (planner/precision.py)
+        fmt, recipe = fp8_recipe(tr.precision)
+        args.append(("--bf16", "--fp8-format", fmt, "--fp8-recipe", recipe))
     if tr.engine == "megatron":
         args.append(("--attention-backend", "unfused" if tr.attention == "unfused" else "flash"))
     if lay.checkpointing == "full":

@@ -29,6 +29,7 @@ from ..estimate import MemoryBreakdown, Training
 from ..layout import Layout
 from ..memory import ALLOCATOR_EXCESS, cuda_runtime_bytes
 from ..model import ModelSpec
+from ..precision import fp8_element_bytes, is_fp8, model_bytes, weight_workspace_bytes
 from ..stage import stage_shape
 
 DROPOUT_MASK_BYTES = 1     # torch's fused dropout keeps a bool mask per element (GPT recipes: dropout 0.1)
@@ -46,16 +47,22 @@ def uses_dropout(model: ModelSpec) -> bool:
     return model.arch == "gpt2"
 
 
-def layer_activation_bytes(model: ModelSpec, tokens: int, tp: int, sp: bool, act_bytes: int) -> float:
-    """Bytes one layer saves for backward for `tokens` tokens on this rank (no recompute)."""
+def layer_activation_bytes(model: ModelSpec, tokens: int, tp: int, sp: bool, act_bytes: int,
+                           fp8_bytes: float = 0.0) -> float:
+    """Bytes one layer saves for backward for `tokens` tokens on this rank (no recompute). fp8_bytes > 0: the
+    FP8 GEMMs save their inputs in FP8 (planner/precision.py): the norm outputs in place of bf16 ones, separate
+    FP8 copies of the attention output and of the activation output (their bf16 originals stay saved too)."""
     h, q = model.hidden, model.n_heads * model.head_dim
     kv, f = model.n_kv_heads * model.head_dim, model.ffn_hidden
+    gin = fp8_bytes or act_bytes                          # a saved GEMM input
     masks = 2 * h * DROPOUT_MASK_BYTES if uses_dropout(model) else 0   # after attention and after the MLP
     # norm inputs (2), inputs of the QKV and fc1 GEMMs (2): split over tp only with sequence parallelism
-    seq_split = 4 * h * act_bytes + masks + 2 * LN_STAT_BYTES
-    mlp = (2 if model.arch == "gpt2" else 3) * f * act_bytes   # fc1 out + GeLU out; SwiGLU: gate, up, product
+    seq_split = 2 * h * act_bytes + 2 * h * gin + masks + 2 * LN_STAT_BYTES
+    # fc1 out + GeLU out (fc2's input); SwiGLU: gate, up, product
+    mlp = (1 if model.arch == "gpt2" else 2) * f * act_bytes + f * gin
+    attn_out = q * act_bytes + (q * fp8_bytes)            # flash attention's output (+ the projection's FP8 copy)
     heads = model.n_heads / tp
-    tp_split = ((q + 2 * kv) + q) * act_bytes / tp + mlp / tp + 4 * heads   # q, k, v, attn out; MLP; fp32 lse
+    tp_split = ((q + 2 * kv) * act_bytes + attn_out) / tp + mlp / tp + 4 * heads   # q, k, v, attn out; MLP; lse
     return tokens * (seq_split / (tp if sp else 1) + tp_split)
 
 
@@ -78,15 +85,16 @@ def _stage_peak(model: ModelSpec, cluster: Cluster, layout: Layout, training: Tr
     stages = layout.stage_layers(model.n_layers)
     shape = stage_shape(model, tp, pp, first, True, stages[0] if first else stages[-1])   # vocab-parallel
     p = shape.params
-    low = training.precision in ("bf16", "fp16")
-    act_b = 2 if low else 4
-    params = act_b * p
+    low = training.precision != "fp32"
+    act_b = model_bytes(training.precision)
+    fp8_b = fp8_element_bytes(training.precision) if is_fp8(training.precision) else 0.0
+    params = act_b * p + weight_workspace_bytes(model, shape.layers, tp, training.precision)   # + cached FP8 weights
     grads = grad_bytes(training.precision) * p
     opt_per_param = 12 if low else 8          # fp32 master (mixed precision only) + exp_avg + exp_avg_sq
     shards = layout.dp * layout.cp if int(layout.zero_stage) >= 1 else 1
     optimizer = opt_per_param * p // shards
     tokens = layout.micro_batch * training.seq_len // layout.cp
-    per_layer = layer_activation_bytes(model, tokens, tp, sp, act_b)
+    per_layer = layer_activation_bytes(model, tokens, tp, sp, act_b, fp8_b)
     m = layout.grad_accum
     inflight = 1.0
     if first and pp > 1:

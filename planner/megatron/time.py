@@ -32,6 +32,7 @@ from ..estimate import TimeBreakdown, Training
 from ..gpu_time import attention_s, gemm_s, layer_gemms, microbatch_gpu_s
 from ..layout import Layout
 from ..model import ModelSpec
+from ..precision import attention_precision, fp8_element_bytes, is_fp8, model_bytes, weight_cast_bytes
 from ..stage import stage_shape
 from ..timing import HOST_OP_S, OVERLAP_LEFT
 from .memory import grad_bytes
@@ -50,7 +51,8 @@ def megatron_time(model: ModelSpec, cluster: Cluster, layout: Layout, training: 
     gpu = cluster.gpu
     tp, pp, cp, m, sp = layout.tp, layout.pp, layout.cp, layout.grad_accum, layout.sequence_parallel
     stages = layout.stage_layers(model.n_layers)
-    act_b = 2 if training.precision in ("bf16", "fp16") else 4
+    act_b = model_bytes(training.precision)
+    attn_prec = attention_precision(training.precision)   # core attention stays bf16 under FP8
     seq_r = training.seq_len // cp                       # tokens of each sequence on this rank
     tokens = layout.micro_batch * seq_r
 
@@ -59,13 +61,13 @@ def megatron_time(model: ModelSpec, cluster: Cluster, layout: Layout, training: 
                              has_head, layout.checkpointing, sp, True, vocab_parallel=True)
         if cp > 1:   # causal attention over the whole sequence, split over cp ranks (not (s/cp)^2)
             redo = 9 / 7 if layout.checkpointing == "full" else 1.0
-            full = attention_s(gpu, model, layout.micro_batch, training.seq_len, tp, training.precision) / cp
-            t += layers * redo * (full - attention_s(gpu, model, layout.micro_batch, seq_r, tp, training.precision))
+            full = attention_s(gpu, model, layout.micro_batch, training.seq_len, tp, attn_prec) / cp
+            t += layers * redo * (full - attention_s(gpu, model, layout.micro_batch, seq_r, tp, attn_prec))
         return t
 
     if training.attention == "unfused":
-        flash = attention_s(gpu, model, layout.micro_batch, training.seq_len, tp, training.precision) / cp
-        fwd, bwd = unfused_attention_s(gpu, model, layout.micro_batch, training.seq_len, tp, training.precision)
+        flash = attention_s(gpu, model, layout.micro_batch, training.seq_len, tp, attn_prec) / cp
+        fwd, bwd = unfused_attention_s(gpu, model, layout.micro_batch, training.seq_len, tp, attn_prec)
         recompute = fwd if layout.checkpointing in ("full", "selective") else 0.0
         flash_recompute = flash * 2 / 7 if layout.checkpointing in ("full", "selective") else 0.0
         attention_delta = (fwd + bwd + recompute) / cp - flash - flash_recompute
@@ -79,7 +81,9 @@ def megatron_time(model: ModelSpec, cluster: Cluster, layout: Layout, training: 
     mb_gpu = max(mb_stage)
     layers = max(stages)
     mb_host = (layers * HOST_OPS_PER_LAYER + 30) * HOST_OP_S * gpu.host_overhead
-    compute = m * mb_gpu
+    bw_hbm = gpu.hbm_gbps * 1e9 * gpu.hbm_efficiency
+    # FP8: every GEMM weight quantized once per step, on the first micro-batch (planner/precision.py)
+    compute = m * mb_gpu + weight_cast_bytes(model, max(stages), tp, training.precision) / bw_hbm
     host = m * mb_host
     overhead = max(host, compute) + OVERLAP_LEFT * min(host, compute) - compute
     bubble = (pp - 1) / layout.vpp * mb_gpu if pp > 1 else 0.0
@@ -89,13 +93,15 @@ def megatron_time(model: ModelSpec, cluster: Cluster, layout: Layout, training: 
     if tp > 1:
         bw, lat = group_bandwidth(cluster, tp, 1)
         unit = (tp - 1) / tp * tokens * model.hidden * act_b          # one all-gather or reduce-scatter
+        # FP8 with SP: the GEMM inputs are quantized before their all-gather (forward, and redone in backward)
+        ag = fp8_element_bytes(training.precision) / act_b if sp and is_fp8(training.precision) else 1.0
         shapes = layer_gemms(model, tokens, tp)
         wgrad = sum(gemm_s(gpu, k, n, mm, training.precision) for mm, n, k in shapes)
-        fwd_units = 4                                                  # AR = RS + AG: 2 AR or 2 (AG + RS)
+        fwd_units = 2 + 2 * ag if sp else 4                            # AR = RS + AG: 2 AR or 2 (AG + RS)
         bwd_exposed = 2 if sp else 0                                   # row-parallel's AG of the output grad
-        bwd_hidden = 4 + (2 if sp else 0)                              # input-grad AR/RS, redone AG (async)
+        bwd_hidden = 4 + (2 * ag if sp else 0)                         # input-grad AR/RS, redone AG (async)
         redo = fwd_units if layout.checkpointing == "full" else 0      # the recomputed forward's collectives
-        calls = (4 if not sp else 8) + (2 if sp else 0) + (redo // 2 if not sp else redo)
+        calls = (4 if not sp else 8) + (2 if sp else 0) + ((2 if not sp else 4) if redo else 0)
         per_layer = ((fwd_units + bwd_exposed + redo) * unit / bw + max(0.0, bwd_hidden * unit / bw - wgrad)
                      + calls * lat)
         tp_s = m * layers * per_layer
@@ -107,7 +113,7 @@ def megatron_time(model: ModelSpec, cluster: Cluster, layout: Layout, training: 
         bw, lat = group_bandwidth(cluster, cp, tp)
         kv = tokens * 2 * model.n_kv_heads * model.head_dim * act_b / tp
         ring = 3 * (cp - 1) * kv                                        # K,V forward; K,V and dK,dV backward
-        attn = attention_s(gpu, model, layout.micro_batch, training.seq_len, tp, training.precision) / cp
+        attn = attention_s(gpu, model, layout.micro_batch, training.seq_len, tp, attn_prec) / cp
         cp_s = m * layers * (max(0.0, ring / bw - attn) + 3 * (cp - 1) * lat)
         cp_bytes = m * layers * ring
 

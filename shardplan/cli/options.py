@@ -13,6 +13,7 @@ from shardplan.launch import inputs
 from shardplan.planner.layout import CHECKPOINTING, LAYOUT_FLAGS, OFFLOADS
 from shardplan.planner.engines import ENGINES
 from shardplan.planner.layout import PRECISIONS
+from shardplan.planner.estimate import MFU_PEAKS
 
 
 class PlanError(click.ClickException):
@@ -59,7 +60,10 @@ def common_options(f):
         click.option("--seq", type=int, help="Training sequence length (default: the model's usual one)."),
         click.option("--global-batch", type=int, help="Sequences per optimizer step (default: see plan --help)."),
         click.option("--global-batch-tokens", help="Tokens per optimizer step instead, e.g. 2M (= 2·2^20)."),
-        click.option("--precision", type=click.Choice(PRECISIONS), default="bf16", show_default=True),
+        click.option("--precision", type=click.Choice(PRECISIONS), default="bf16", show_default=True,
+                     help="fp8/mxfp8: Transformer Engine FP8 GEMMs on Megatron (mxfp8 on Blackwell)."),
+        click.option("--mfu-peak", type=click.Choice(("auto",) + MFU_PEAKS), default="auto", show_default=True,
+                     help="The dense peak MFU is measured against; auto: the precision's, bf16 for fp8/mxfp8."),
         click.option("--engine", type=click.Choice(ENGINES), default="deepspeed", show_default=True,
                      help="Who runs the training: DeepSpeed (shardplan's program, ds_config.json) or Megatron-core "
                           "(Megatron-LM's pretrain_gpt.py, megatron_args.sh)."),

@@ -77,7 +77,8 @@ def estimate_summary(e: Estimate, console: Console, title: str = "Layout") -> No
     console.print(memory_table(e))
     t = e.time
     console.print(f"  step time [bold]{secs(e.step_time_s)} s[/bold]   tokens/s [bold]{e.tokens_per_s:,.0f}[/bold]"
-                  f"   MFU [bold]{e.mfu:.1%}[/bold]", highlight=False)
+                  f"   MFU [bold]{e.mfu:.1%}[/bold] (of the dense {e.mfu_peak} peak)   model TFLOP/s per GPU "
+                  f"[bold]{e.model_tflops_per_gpu:,.0f}[/bold]", highlight=False)
     parts = [("compute", t.compute_s), ("optimizer", t.optimizer_s), ("dp comm", t.dp_comm_s),
              ("tp comm", t.tp_comm_s), ("pp comm", t.pp_comm_s), ("bubble", t.bubble_s),
              ("offload", t.offload_s), ("overhead", t.overhead_s)]
