@@ -210,3 +210,16 @@ def test_megatron_lm_rejects_a_broken_layout(megatron_runs, tmp_path):
 def test_a_megatron_run_directory_needs_the_checkout_to_validate(megatron_runs):
     out = CliRunner().invoke(main, ["validate", str(megatron_runs["cp2-tp4"])], env={"MEGATRON_LM": ""})
     assert out.exit_code == 2 and "--megatron-lm" in out.output
+
+
+def test_launch_points_a_megatron_run_directory_at_its_script(megatron_runs):
+    out = CliRunner().invoke(main, ["launch", str(megatron_runs["cp2-tp4"]), "--dry-run"])
+    assert out.exit_code == 2 and "launch_megatron.sh" in out.output and "MEGATRON_LM" in out.output
+
+
+def test_render_for_shardplans_program_refuses_what_it_does_not_run(tmp_path):
+    out = CliRunner().invoke(main, ["render", "--model", "gpt2-tiny", "--cluster", "2xCPU", "--cp", "2",
+                                    "--out", str(tmp_path / "run")])
+    assert out.exit_code == 2, out.output
+    assert "does not run context parallelism (cp 2)" in out.output and "--engine megatron" in out.output
+    assert not (tmp_path / "run").exists()

@@ -138,6 +138,7 @@ def render_files(plan: dict, est: Estimate, opts: RenderOptions, run_dir: Path) 
     if est.training.engine == "megatron":
         run = _run_spec(est, opts, run_dir)
         return _megatron_files(plan, est, opts, run, _environment())
+    _check_program_runs(est)
     est = program_estimate(est)   # compile and the fused step where the program will use them
     run = _run_spec(est, opts, run_dir)
     env = _environment()
@@ -172,6 +173,18 @@ def render_files(plan: dict, est: Estimate, opts: RenderOptions, run_dir: Path) 
         files=sorted(files) + [rundir.README], ds=ds_ctx, **common)
     _check_scripts(files)
     return files
+
+
+def _check_program_runs(est: Estimate) -> None:
+    """What the DeepSpeed engine's planner accepts but shardplan's own program does not run (yet)."""
+    lay = est.layout
+    missing = [what for what, on in (("sequence parallelism", lay.sequence_parallel),
+                                     (f"context parallelism (cp {lay.cp})", lay.cp > 1),
+                                     (f"uneven pipeline stages {list(lay.pp_layers or ())}",
+                                      len(set(lay.stage_layers(est.model.n_layers))) > 1)) if on]
+    if missing:
+        raise RenderError(f"shardplan's training program does not run {' or '.join(missing)}; render with "
+                          "--engine megatron for Megatron-LM, or plan without it")
 
 
 def _common(plan: dict, est: Estimate, opts: RenderOptions, run: RunSpec) -> dict:

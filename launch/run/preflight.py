@@ -90,6 +90,10 @@ def load_run_dir(path: str | os.PathLike, *, need: tuple[str, ...] = ()) -> RunD
     if not run.is_dir():
         raise PreflightError(f"run directory {path} does not exist; create it with "
                              f"`shardplan render ... --out {path}`")
+    if (run / rundir.LAUNCH_MEGATRON).is_file() and not (run / rundir.DS_CONFIG).is_file():
+        raise PreflightError(f"{run} was rendered for Megatron-LM (--engine megatron): start it with "
+                             f"`MEGATRON_LM=<checkout> bash {run / rundir.LAUNCH_MEGATRON} --data-path ...`; "
+                             "shardplan launch runs shardplan's DeepSpeed program (render with --engine deepspeed)")
     for name in (rundir.PLAN, rundir.DS_CONFIG) + need:
         if not (run / name).is_file():
             raise PreflightError(f"{run / name} is missing; re-render the run directory with "
