@@ -148,7 +148,8 @@ def build_layout(cluster, training, given: dict):
     return Layout(dp=dp, tp=tp, pp=pp, zero_stage=given.get("zero") or 0, micro_batch=micro, grad_accum=accum,
                   checkpointing=given.get("checkpointing") or "none", offload=given.get("offload") or "none",
                   sequence_parallel=bool(sp) if sp is not None else False, cp=cp, vpp=given.get("vpp") or 1,
-                  pp_layers=parse_pp_layers(given.get("pp_layers")))
+                  pp_layers=parse_pp_layers(given.get("pp_layers")), ep=given.get("ep") or 1,
+                  etp=given.get("etp") or 1)
 
 
 def parse_pp_layers(value):

@@ -10,7 +10,7 @@ stage; context parallelism splits each sequence into 2·cp chunks for load balan
 """
 from __future__ import annotations
 
-from .layout import Layout
+from .layout import Layout, divisors
 from .model import ModelSpec
 
 ENGINES = ("deepspeed", "megatron")
@@ -24,6 +24,45 @@ def check_engine_layout(model: ModelSpec, layout: Layout, engine: str, seq_len: 
         _deepspeed(model, layout, seq_len)
     else:
         raise ValueError(f"engine({engine!r}) must be one of {', '.join(ENGINES)}")
+    _experts(model, layout, engine)
+
+
+def _experts(model: ModelSpec, layout: Layout, engine: str) -> None:
+    """Expert parallelism: Megatron's validate_args and parallel_state (experts % ep, world % (etp·ep·pp),
+    sequence parallelism with tp), DeepSpeed-MoE's groups.py and engine.py (ep_size divides the data-parallel
+    group, experts % ep, no ZeRO-3 for native MoE layers)."""
+    if not model.is_moe:
+        if layout.ep > 1 or layout.etp > 1:
+            raise ValueError(f"ep({layout.ep})/etp({layout.etp}) split experts, and {model.name} is dense; use "
+                             "--ep 1 --etp 1, or an MoE model")
+        return
+    if model.experts % layout.ep:
+        raise ValueError(f"ep({layout.ep}) must divide experts({model.experts}) of {model.name}; use --ep in "
+                         f"{[d for d in divisors(model.experts) if d <= layout.world_size]}")
+    if engine == "megatron":
+        split = layout.etp * layout.ep * layout.pp
+        if layout.world_size % split:
+            raise ValueError(f"etp({layout.etp})·ep({layout.ep})·pp({layout.pp}) = {split} must divide the "
+                             f"{layout.world_size} GPUs (Megatron's expert-data-parallel group is world/(etp·ep·pp))")
+        if model.moe_ffn_hidden % layout.etp:
+            raise ValueError(f"etp({layout.etp}) must divide the expert FFN width ({model.moe_ffn_hidden})")
+        if layout.tp > 1 and not layout.sequence_parallel:
+            raise ValueError(f"tp({layout.tp}) with MoE on Megatron needs sequence parallelism (the token "
+                             "dispatcher works on the sequence-parallel shards); use --sp")
+        return
+    if layout.etp > 1 or layout.tp > 1:
+        raise ValueError(f"tp({layout.tp})/etp({layout.etp}) with MoE: shardplan's DeepSpeed program splits experts "
+                         "over ep only (deepspeed.moe.layer.MoE); use --tp 1 --etp 1, or --engine megatron")
+    if layout.dp % layout.ep:
+        raise ValueError(f"ep({layout.ep}) must divide dp({layout.dp}): DeepSpeed-MoE builds its expert-parallel "
+                         "groups inside the data-parallel group; use --ep in "
+                         f"{[d for d in divisors(layout.dp) if model.experts % d == 0]}")
+    if int(layout.zero_stage) == 3:
+        raise ValueError("zero_stage(3) with MoE: DeepSpeed refuses native MoE layers under ZeRO-3 "
+                         "(engine._validate_zero3_moe_compatibility); use --zero 1 or 2")
+    if layout.pp > 1 or layout.cp > 1:
+        raise ValueError(f"pp({layout.pp})/cp({layout.cp}) with MoE: shardplan's DeepSpeed program runs MoE on the "
+                         "ZeRO engine only; use --pp 1 --cp 1, or --engine megatron")
 
 
 def _heads(model: ModelSpec, layout: Layout, split: int, what: str) -> None:

@@ -109,17 +109,18 @@ class TimeBreakdown:
     offload_s: float = 0.0    # PCIe traffic and CPU Adam for offload
     overhead_s: float = 0.0   # fixed per-step framework cost (launches, hooks), calibrated
     comm_bytes: int = 0       # bytes each GPU sends per step, all collectives together
+    ep_comm_s: float = 0.0    # MoE token dispatch/combine all-to-all (and etp gathers), not overlapped
 
     @property
     def step_s(self) -> float:
         return (self.compute_s + self.optimizer_s + self.dp_comm_s + self.tp_comm_s + self.pp_comm_s
-                + self.bubble_s + self.offload_s + self.overhead_s)
+                + self.bubble_s + self.offload_s + self.overhead_s + self.ep_comm_s)
 
     def to_dict(self) -> dict:
         return {"compute_s": self.compute_s, "optimizer_s": self.optimizer_s, "dp_comm_s": self.dp_comm_s,
                 "tp_comm_s": self.tp_comm_s, "pp_comm_s": self.pp_comm_s, "bubble_s": self.bubble_s,
                 "offload_s": self.offload_s, "overhead_s": self.overhead_s, "comm_bytes": self.comm_bytes,
-                "step_s": self.step_s}
+                "ep_comm_s": self.ep_comm_s, "step_s": self.step_s}
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,8 @@ class Estimate:
 
     @property
     def mfu(self) -> float:
-        """Model FLOPs utilization: 6N + 12·L·h·s per token (no recompute counted) over the cluster's peak."""
+        """Model FLOPs utilization: 6N + 12·L·h·s per token (no recompute counted; N the active parameters of an
+        MoE model: ModelSpec.flops_per_token) over the cluster's peak."""
         flops = self.model.flops_per_token(self.training.seq_len) * self.tokens_per_s
         peak = self.cluster.gpu.peak_tflops(self.mfu_peak) * 1e12 * self.layout.world_size
         return flops / peak

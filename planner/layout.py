@@ -48,9 +48,14 @@ class Layout:
     cp: int = 1                  # context-parallel degree: each rank holds seq/cp tokens (Megatron CP, DeepSpeed Ulysses)
     vpp: int = 1                 # virtual pipeline stages per pipeline rank (interleaved 1F1B)
     pp_layers: tuple[int, ...] | None = None   # layers of each pipeline stage when uneven; None = even split
+    # Mixture of experts (1 for dense models): each MoE layer's routed experts are split over ep ranks, and each
+    # expert's FFN over etp ranks; the ranks holding the same experts form the expert-data-parallel group
+    # (expert_dp) that ZeRO / the distributed optimizer shards the expert states over.
+    ep: int = 1
+    etp: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("dp", "tp", "pp", "micro_batch", "grad_accum", "cp", "vpp"):
+        for name in ("dp", "tp", "pp", "micro_batch", "grad_accum", "cp", "vpp", "ep", "etp"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}({value!r}) must be a positive integer")
@@ -91,6 +96,14 @@ class Layout:
     @property
     def world_size(self) -> int:
         return self.dp * self.tp * self.pp * self.cp
+
+    def expert_dp(self, engine: str = "deepspeed") -> int:
+        """Ranks holding the same expert shard: Megatron world/(etp·ep·pp) (megatron/core/parallel_state.py's
+        expert-data-parallel group), DeepSpeed-MoE dp/ep (deepspeed/utils/groups.py
+        _create_expert_and_data_parallel)."""
+        if engine == "megatron":
+            return max(1, self.world_size // (self.etp * self.ep * self.pp))
+        return max(1, self.dp // self.ep)
 
     def stage_layers(self, n_layers: int) -> tuple[int, ...]:
         """Transformer layers of each pipeline stage: pp_layers, else as even as it goes (the first stages

@@ -10,6 +10,8 @@ Model states: model_states.py; activations: activations.py; both cite the source
 """
 from __future__ import annotations
 
+from dataclasses import fields, replace
+
 from .activations import (checkpoint_input_bytes, final_norm_bytes, layer_backward_working_bytes,
                           layer_saved_bytes, loss_peak_bytes, tied_head_grad_bytes)
 from .cluster import Cluster, GPUType, MiB
@@ -18,6 +20,7 @@ from .estimate import MemoryBreakdown, Training
 from .layout import Layout
 from .model import ModelSpec
 from .model_states import StateBytes, deepspeed_states, torch_states
+from .moe import moe_activation_extra_bytes
 from .stage import StageShape, stage_shape
 
 # The caching allocator reserves beyond the allocated peak in proportion to the memory that comes and goes
@@ -57,6 +60,12 @@ def _stage_phases(model: ModelSpec, shape: StageShape, layout: Layout, training:
     else:
         saved = full_layer
     acts = inflight * shape.layers * saved
+    if shape.moe_layers:     # routed tokens, router, experts' MLP tensors (planner/moe.py)
+        extra = int(moe_activation_extra_bytes(model, tokens, layout.tp, layout.etp, act_b, sp, engine))
+        if layout.checkpointing == "full":
+            work += extra
+        else:
+            acts += inflight * shape.moe_layers * extra
     if engine == "torch" and layout.checkpointing != "full":
         acts += 2 * (shape.params - model.embedding_params + model.vocab * model.hidden)  # autocast bf16 weight casts
     elif engine == "torch":
@@ -92,16 +101,32 @@ def memory_phases(model: ModelSpec, cluster: Cluster, layout: Layout,
     for first in ((True, False) if layout.pp > 1 else (True,)):
         stages = layout.stage_layers(model.n_layers)
         shape = stage_shape(model, layout.tp, layout.pp, first, layout.sequence_parallel,
-                            stages[0] if first else stages[-1])
+                            stages[0] if first else stages[-1], layout.ep, layout.etp)
         if training.engine == "torch":
             st = torch_states(model, shape)
         else:
-            st = deepspeed_states(model, shape, layout.dp, z, layout.offload, training.precision, layout.pp, knobs,
-                                  training.grad_accum_dtype == "fp32", not cluster.gpu.is_cpu)
+            def states(part: StageShape, dp: int) -> StateBytes:
+                return deepspeed_states(model, part, dp, z, layout.offload, training.precision, layout.pp, knobs,
+                                        training.grad_accum_dtype == "fp32", not cluster.gpu.is_cpu)
+            st = states(shape, layout.dp)
+            if shape.expert_params:     # DeepSpeed-MoE: expert parameter groups partitioned over dp/ep
+                st = _add_expert_states(states(replace(shape, params=shape.params - shape.expert_params),
+                                               layout.dp),
+                                        states(replace(shape, params=shape.expert_params, has_embedding=False,
+                                                       has_head=False), layout.expert_dp()))
         name = "first" if first and layout.pp > 1 else ("last" if layout.pp > 1 else "all")
         out += [(f"{name}/{ph}", parts) for ph, parts in _stage_phases(model, shape, layout, training, st, first,
                                                                         runtime)]
     return out
+
+
+def _add_expert_states(dense: StateBytes, experts: StateBytes) -> StateBytes:
+    """The dense and the expert parameter groups together: every buffer adds up except the reduce buckets, which
+    the two groups take turns with (stage_1_and_2.py reduces one group's bucket at a time)."""
+    both = {f.name: getattr(dense, f.name) + getattr(experts, f.name) for f in fields(StateBytes)}
+    for f in ("buffers_bwd", "buffers_always"):
+        both[f] = max(getattr(dense, f), getattr(experts, f))
+    return StateBytes(**both)
 
 
 def estimate_memory(model: ModelSpec, cluster: Cluster, layout: Layout, training: Training) -> MemoryBreakdown:

@@ -31,7 +31,7 @@ DEFAULT_BATCH_TOKENS = 2 ** 19  # GPT-3 (Brown et al. 2020, table 2.1) trains it
 SEARCHED_CHECKPOINTING = ("none", "full")
 # The layout fields plan() can hold fixed; dp and grad_accum follow from them and the global batch.
 SEARCHED_FIELDS = ("tp", "pp", "zero_stage", "micro_batch", "checkpointing", "offload", "sequence_parallel", "cp",
-                   "vpp", "pp_layers")
+                   "vpp", "pp_layers", "ep", "etp")
 CONSTRAINTS = SEARCHED_FIELDS + ("max_micro_batch", "top", "prefer")
 
 
@@ -86,10 +86,30 @@ class Family(NamedTuple):
     sequence_parallel: bool = False
     vpp: int = 1
     pp_layers: tuple[int, ...] | None = None
+    ep: int = 1
+    etp: int = 1
 
     def layout(self, micro_batch: int, grad_accum: int) -> Layout:
         return Layout(self.dp, self.tp, self.pp, ZeroStage(self.zero), micro_batch, grad_accum, self.checkpointing,
-                      self.offload, self.sequence_parallel, self.cp, self.vpp, self.pp_layers)
+                      self.offload, self.sequence_parallel, self.cp, self.vpp, self.pp_layers, self.ep, self.etp)
+
+
+def expert_degrees(model: ModelSpec, world: int, fam: tuple, engine: str, c: dict) -> list[tuple[int, int]]:
+    """(ep, etp) pairs the engine's rules allow for this family (planner/engines.py _experts): dense models (1, 1);
+    Megatron ep dividing the experts and world/(etp·pp) with etp 1 or tp; DeepSpeed ep dividing experts and dp,
+    with tp, pp, cp 1 and ZeRO below 3."""
+    tp, pp, dp, zero, cp = fam
+    if not model.is_moe:
+        return [(1, 1)] if c.get("ep", 1) == 1 and c.get("etp", 1) == 1 else []
+    if engine == "megatron":
+        etps = [c["etp"]] if c.get("etp") is not None else sorted({1, tp})
+        pairs = [(e, t) for t in etps for e in divisors(model.experts) if world % (t * e * pp) == 0
+                 and model.moe_ffn_hidden % t == 0]
+    elif tp > 1 or pp > 1 or cp > 1 or zero == 3 or c.get("etp", 1) != 1:
+        return []
+    else:
+        pairs = [(e, 1) for e in divisors(model.experts) if dp % e == 0]
+    return [(e, t) for e, t in pairs if c.get("ep") is None or e == c["ep"]]
 
 
 def check_fixed(model: ModelSpec, cluster: Cluster, c: dict, engine: str = "deepspeed") -> None:
@@ -130,6 +150,8 @@ def families(model: ModelSpec, cluster: Cluster, c: dict, offload: bool, trainin
     world = cluster.world_size
     tps = tp_degrees(model, cluster) if c.get("tp") is None else [c["tp"]]
     ckpts = (c["checkpointing"],) if c.get("checkpointing") else SEARCHED_CHECKPOINTING
+    if megatron and model.is_moe and not c.get("checkpointing"):
+        ckpts += ("selective",)      # + layernorm, moe_act (and mla_up_proj) recompute: planner/moe.py
     if c.get("cp") is not None:
         cps = [c["cp"]]
     else:
@@ -166,7 +188,8 @@ def families(model: ModelSpec, cluster: Cluster, c: dict, offload: bool, trainin
                         for off in offloads:
                             for sp in sps:
                                 for vpp in vpps:
-                                    yield Family(tp, pp, dp, zero, ckpt, off, cp, sp, vpp, stages)
+                                    for ep, etp in expert_degrees(model, world, (tp, pp, dp, zero, cp), engine, c):
+                                        yield Family(tp, pp, dp, zero, ckpt, off, cp, sp, vpp, stages, ep, etp)
 
 
 def search(model: ModelSpec, cluster: Cluster, training: Training, headroom: float, c: dict,
@@ -226,7 +249,7 @@ def complexity(layout: Layout) -> tuple:
     """How much machinery a layout asks for: ZeRO stage (ZeRO-3 gathers every parameter each micro-batch,
     whose host-side cost the model knows least), offload, recompute, then the model-parallel degrees."""
     return (int(layout.zero_stage), layout.offload != "none", layout.checkpointing != "none",
-            layout.tp * layout.pp * layout.cp, layout.vpp, layout.pp_layers is not None)
+            layout.tp * layout.pp * layout.cp, layout.vpp, layout.pp_layers is not None, layout.ep * layout.etp)
 
 
 def rank(estimates: list[Estimate], prefer: str = "simple") -> list[Estimate]:
@@ -249,7 +272,7 @@ def rank(estimates: list[Estimate], prefer: str = "simple") -> list[Estimate]:
 
 def family_key(layout: Layout) -> tuple:
     return (int(layout.zero_stage), layout.tp, layout.pp, layout.checkpointing, layout.offload, layout.cp,
-            layout.vpp)
+            layout.vpp, layout.ep, layout.etp)
 
 
 def resolve_training(model: ModelSpec, cluster: Cluster, training: Training) -> Training:

@@ -27,9 +27,12 @@ from .gpu_time import KERNEL_GPU_S, microbatch_gpu_s
 from .compiled import kernels as compiled_kernels
 from .layout import Layout, compile_refusal
 from .model import ModelSpec
+from .moe import expert_compute_s, moe_comm_s
 from .stage import stage_shape
 
 OPS_PER_LAYER = 16 + 30    # forward ops + backward autograd nodes of one block (norms, matmuls, SDPA, adds)
+MOE_OPS = 40               # deepspeed/moe/sharded_moe.py per MoE layer, forward + backward: top-k gating (softmax,
+#                            topk, one_hot, cumsum, capacity), two einsums, two _AllToAll, reshapes
 OPS_HEAD = 30              # embedding, final norm, logits, fp32 cross-entropy, forward + backward
 # torch autocast (plain PyTorch AMP, fp32 weights) adds casts the bf16 DeepSpeed engine never issues: per block the
 # weight and bias of 4 linears and the fp32 LayerNorm outputs feeding 2 of them (10 casts), each with its
@@ -96,18 +99,27 @@ def estimate_time(model: ModelSpec, cluster: Cluster, layout: Layout, training: 
     engine = training.engine
     sp = layout.sequence_parallel
     stages = layout.stage_layers(model.n_layers)
-    shape = stage_shape(model, tp, pp, True, sp, stages[0])
-    last = stage_shape(model, tp, pp, False, sp, stages[-1])
+    shape = stage_shape(model, tp, pp, True, sp, stages[0], layout.ep, layout.etp)
+    last = stage_shape(model, tp, pp, False, sp, stages[-1], layout.ep, layout.etp)
     # the slower stage sets the pipeline's pace: the first (embedding) or the last (head + loss)
     compiled = training.compile and compile_refusal(layout) is None
     mb_gpu = max(microbatch_gpu_s(gpu, model, s.layers, layout.micro_batch, training.seq_len, tp,
                                   training.precision, engine, s.has_head, layout.checkpointing, sp, compiled)
                  for s in ((shape, last) if pp > 1 else (shape,)))
+    ep_s = ep_bytes = 0.0
+    if shape.moe_layers:     # experts, router, dispatch einsums (planner/moe.py) and the all-to-all per MoE layer
+        tokens = layout.micro_batch * training.seq_len
+        mb_gpu += shape.moe_layers * expert_compute_s(gpu, model, tokens, tp, layout.ep, layout.etp, sp,
+                                                      training.precision, engine, layout.checkpointing)
+        a2a_s, a2a_b = moe_comm_s(cluster, model, tokens, tp, layout.ep, layout.etp, sp,
+                                  2 if training.precision in ("bf16", "fp16") else 4, tp, layout.checkpointing)
+        ep_s, ep_bytes = m * shape.moe_layers * a2a_s, m * shape.moe_layers * a2a_b
     autocast = engine == "torch"
     ops = shape.layers * (OPS_PER_LAYER + AUTOCAST_OPS_PER_LAYER * autocast) + OPS_HEAD + AUTOCAST_OPS_HEAD * autocast
     recompute_ops = 16 + AUTOCAST_OPS_PER_LAYER // 2 * autocast        # the block's forward again
     ckpt_host = shape.layers * (CKPT_BLOCK_S + recompute_ops * HOST_OP_S) if layout.checkpointing == "full" else 0.0
     hs = gpu.host_overhead     # a calibration profile's host speed (1.0: the calibration host's)
+    ops += shape.moe_layers * (MOE_OPS + 6 * (model.experts // layout.ep))   # gate, einsums, a2a; per local expert
     mb_host = (ops * HOST_OP_S + ckpt_host) * hs
     if compiled:   # the generated wrapper launches each fused kernel (planner/compiled.py), recompute included
         mb_host = compiled_kernels(shape.layers, autocast, layout.checkpointing == "full") * TENSOR_OP_S * hs
@@ -158,7 +170,7 @@ def estimate_time(model: ModelSpec, cluster: Cluster, layout: Layout, training: 
     bubble = (pp - 1) * mb_gpu if pp > 1 else 0.0          # 1F1B: (p-1) micro-batch slots idle
     return TimeBreakdown(compute_s=compute_s, optimizer_s=optimizer_s, dp_comm_s=dp_s, tp_comm_s=comm.tp_s,
                          pp_comm_s=comm.pp_s, bubble_s=bubble, offload_s=offload_s, overhead_s=overhead_s,
-                         comm_bytes=comm.dp_bytes + comm.tp_bytes + comm.pp_bytes)
+                         comm_bytes=int(comm.dp_bytes + comm.tp_bytes + comm.pp_bytes + ep_bytes), ep_comm_s=ep_s)
 
 
 def _calls(ops: tuple[int, int]) -> float:

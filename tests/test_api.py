@@ -27,7 +27,7 @@ def test_evaluate_fills_the_global_batch_and_serialises_to_the_contract():
     assert set(d) >= {"model", "cluster", "layout", "memory", "fits", "step_time_s", "tokens_per_s", "mfu"}
     assert d["layout"] == {"dp": 8, "tp": 1, "pp": 1, "zero_stage": 2, "micro_batch": 4, "grad_accum": 2,
                            "checkpointing": "none", "offload": "none", "sequence_parallel": False, "cp": 1,
-                           "vpp": 1, "pp_layers": None}
+                           "vpp": 1, "pp_layers": None, "ep": 1, "etp": 1}
     assert d["memory"]["peak_bytes"] == sum(d["memory"][k] for k in (
         "params_bytes", "grads_bytes", "optimizer_bytes", "activations_bytes", "other_bytes"))
 

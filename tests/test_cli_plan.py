@@ -25,7 +25,7 @@ def test_plan_json_follows_the_contract():
     assert {"best", "candidates", "evaluated", "reasons"} <= set(out)
     assert CONTRACT_KEYS <= set(out["best"]) and MEMORY_KEYS <= set(out["best"]["memory"])
     assert set(out["best"]["layout"]) == {"dp", "tp", "pp", "zero_stage", "micro_batch", "grad_accum",
-                                          "checkpointing", "offload", "sequence_parallel", "cp", "vpp", "pp_layers"}
+                                          "checkpointing", "offload", "sequence_parallel", "cp", "vpp", "pp_layers", "ep", "etp"}
     layout = out["best"]["layout"]
     assert out["best"]["engine"] == "deepspeed" and layout["pp_layers"] is None and layout["cp"] == 1
     assert layout["dp"] * layout["tp"] * layout["pp"] == 16

@@ -29,6 +29,7 @@ from ..estimate import MemoryBreakdown, Training
 from ..layout import Layout
 from ..memory import ALLOCATOR_EXCESS, cuda_runtime_bytes
 from ..model import ModelSpec
+from ..moe import moe_activation_extra_bytes, selective_saving_bytes
 from ..precision import fp8_element_bytes, is_fp8, model_bytes, weight_workspace_bytes
 from ..stage import stage_shape
 
@@ -83,7 +84,7 @@ def _stage_peak(model: ModelSpec, cluster: Cluster, layout: Layout, training: Tr
                 first: bool) -> tuple[int, int, int, int, int]:
     tp, pp, sp = layout.tp, layout.pp, layout.sequence_parallel
     stages = layout.stage_layers(model.n_layers)
-    shape = stage_shape(model, tp, pp, first, True, stages[0] if first else stages[-1])   # vocab-parallel
+    shape = stage_shape(model, tp, pp, first, True, stages[0] if first else stages[-1], layout.ep, layout.etp)
     p = shape.params
     low = training.precision != "fp32"
     act_b = model_bytes(training.precision)
@@ -92,7 +93,9 @@ def _stage_peak(model: ModelSpec, cluster: Cluster, layout: Layout, training: Tr
     grads = grad_bytes(training.precision) * p
     opt_per_param = 12 if low else 8          # fp32 master (mixed precision only) + exp_avg + exp_avg_sq
     shards = layout.dp * layout.cp if int(layout.zero_stage) >= 1 else 1
-    optimizer = opt_per_param * p // shards
+    optimizer = opt_per_param * (p - shape.expert_params) // shards
+    # routed experts: sharded over the expert-data-parallel group, world/(etp·ep·pp) (parallel_state.py)
+    optimizer += opt_per_param * shape.expert_params // (layout.expert_dp("megatron") if shards > 1 else 1)
     tokens = layout.micro_batch * training.seq_len // layout.cp
     per_layer = layer_activation_bytes(model, tokens, tp, sp, act_b, fp8_b)
     m = layout.grad_accum
@@ -105,7 +108,15 @@ def _stage_peak(model: ModelSpec, cluster: Cluster, layout: Layout, training: Tr
         work += per_layer                                           # the layer recomputed for its backward
     else:
         saved = per_layer
+    if model.is_moe and layout.checkpointing == "selective":    # + layernorm, mla_up_proj, moe_act (planner/moe.py)
+        dense_saving, moe_saving = selective_saving_bytes(model, tokens, tp, layout.etp, sp, act_b)
+        saved -= dense_saving
     acts = inflight * shape.layers * saved + work
+    if shape.moe_layers:     # routed tokens, router, experts' MLP tensors (planner/moe.py)
+        extra = moe_activation_extra_bytes(model, tokens, tp, layout.etp, act_b, sp, "megatron")
+        if layout.checkpointing == "selective":
+            extra -= moe_saving
+        acts += extra if layout.checkpointing == "full" else inflight * shape.moe_layers * extra
     other = cuda_runtime_bytes(cluster.gpu)
     if shape.has_head:
         vshard = tp

@@ -32,6 +32,7 @@ from ..estimate import TimeBreakdown, Training
 from ..gpu_time import attention_s, gemm_s, layer_gemms, microbatch_gpu_s
 from ..layout import Layout
 from ..model import ModelSpec
+from ..moe import expert_compute_s, moe_comm_s
 from ..precision import attention_precision, fp8_element_bytes, is_fp8, model_bytes, weight_cast_bytes
 from ..stage import stage_shape
 from ..timing import HOST_OP_S, OVERLAP_LEFT
@@ -77,7 +78,15 @@ def megatron_time(model: ModelSpec, cluster: Cluster, layout: Layout, training: 
     def stage_total(layers: int, has_head: bool) -> float:
         return stage_s(layers, has_head) + layers * attention_delta
 
-    mb_stage = [stage_total(n, i == pp - 1) for i, n in enumerate(stages)]
+    starts = [sum(stages[:i]) for i in range(pp)]
+    moe_in = [model.moe_layers_in(a, a + n) for a, n in zip(starts, stages)]
+    moe_s = moe_c = moe_b = 0.0
+    if model.is_moe:     # grouped-GEMM experts, router, permutation; the dispatch/combine all-to-all (planner/moe.py)
+        moe_s = expert_compute_s(gpu, model, tokens, tp, layout.ep, layout.etp, sp, training.precision, "megatron",
+                                 layout.checkpointing)
+        moe_c, moe_b = moe_comm_s(cluster, model, tokens, tp, layout.ep, layout.etp, sp, act_b, layout.etp,
+                                  layout.checkpointing)
+    mb_stage = [stage_total(n, i == pp - 1) + moe_in[i] * (moe_s + moe_c) for i, n in enumerate(stages)]
     mb_gpu = max(mb_stage)
     layers = max(stages)
     mb_host = (layers * HOST_OPS_PER_LAYER + 30) * HOST_OP_S * gpu.host_overhead
@@ -118,7 +127,7 @@ def megatron_time(model: ModelSpec, cluster: Cluster, layout: Layout, training: 
         cp_bytes = m * layers * ring
 
     # ---- data parallel (and cp: the weights are the same on dp·cp ranks)
-    shape = stage_shape(model, tp, pp, True, True, stages[0])
+    shape = stage_shape(model, tp, pp, True, True, stages[0], layout.ep, layout.etp)
     p = shape.params
     group = layout.dp * cp
     dp_s = dp_bytes = 0.0
@@ -144,12 +153,15 @@ def megatron_time(model: ModelSpec, cluster: Cluster, layout: Layout, training: 
         pp_bytes = 2 * m * layout.vpp * msg
         pp_s = pp_bytes / bw + 2 * m * layout.vpp * lat
 
-    local = p // (group if distributed else 1)
-    bw_hbm = gpu.hbm_gbps * 1e9 * gpu.hbm_efficiency
+    local = (p - shape.expert_params) // (group if distributed else 1) + shape.expert_params // (
+        layout.expert_dp("megatron") if distributed else 1)
     optimizer = (local * ADAM_BYTES + 4 * p) / bw_hbm                    # + zeroing the fp32 grad buffer
-    return TimeBreakdown(compute_s=compute, optimizer_s=optimizer, dp_comm_s=dp_s, tp_comm_s=tp_s + cp_s,
+    # the all-to-all sits inside each micro-batch's critical path (in mb_gpu for the bubble); report it apart
+    ep_s = m * max(moe_in) * moe_c
+    return TimeBreakdown(compute_s=compute - ep_s, optimizer_s=optimizer, dp_comm_s=dp_s, tp_comm_s=tp_s + cp_s,
                          pp_comm_s=pp_s, bubble_s=bubble, overhead_s=overhead,
-                         comm_bytes=int(tp_bytes + cp_bytes + dp_bytes + pp_bytes))
+                         comm_bytes=int(tp_bytes + cp_bytes + dp_bytes + pp_bytes + m * max(moe_in) * moe_b),
+                         ep_comm_s=ep_s)
 
 
 def batched_gemm_s(gpu, batch: int, m: int, n: int, k: int, precision: str) -> float:

@@ -86,10 +86,12 @@ LAYOUT_HELP = {
     "cp": "context-parallel degree (Megatron CP, DeepSpeed Ulysses: each rank holds seq/cp tokens)",
     "vpp": "virtual pipeline stages per pipeline rank (interleaved 1F1B)",
     "pp_layers": "layers of each pipeline stage, e.g. 7,8,8,7 (uneven pipeline)",
+    "ep": "expert-parallel degree (MoE: each rank holds experts/ep routed experts)",
+    "etp": "expert tensor-parallel degree (MoE, Megatron: each expert's FFN split over etp ranks)",
 }
 # estimate scores one fixed layout: these are its defaults (dp and grad_accum are derived when left out).
 ESTIMATE_DEFAULTS = {"tp": 1, "pp": 1, "zero": 0, "micro_batch": 1, "checkpointing": "none", "offload": "none",
-                     "cp": 1, "vpp": 1}
+                     "cp": 1, "vpp": 1, "ep": 1, "etp": 1}
 LAYOUT_NOTES = {
     "dp": " (default: GPUs / (tp·pp))", "grad_accum": " (default: from --global-batch, else 1)",
     "checkpointing": "", "offload": "",
