@@ -141,6 +141,16 @@ MATRIX = {
                    "--precision", "fp8", "--global-batch", "64"],
     "mxfp8-nvl72-tp8": ["--model", "llama-3-70b", "--cluster", "18x4xGB200", "--tp", "8", "--sp", "--pp", "1",
                         "--zero", "1", "--precision", "mxfp8", "--global-batch", "72", "--micro-batch", "1"],
+    # issue 10: mixture of experts (experts, ep, etp, shared experts, first dense layers, MLA)
+    "moe-mixtral-tp2-ep8": ["--model", "mixtral-8x7b", "--cluster", "4x8xH100-80GB", "--tp", "2", "--sp", "--ep", "8",
+                            "--zero", "1", "--checkpointing", "full", "--seq", "4096", "--global-batch", "256"],
+    "moe-qwen3-ep4-etp2": ["--model", "qwen3-30b-a3b", "--cluster", "2x8xH100-80GB", "--tp", "2", "--sp", "--ep", "4",
+                           "--etp", "2", "--zero", "1", "--seq", "4096", "--global-batch", "64"],
+    "moe-deepseek-v3-pp16-ep64": ["--model", "deepseek-v3", "--cluster", "256x8xH800", "--pp", "16",  # 3,4..4,2
+                                  "--ep", "64", "--zero", "1", "--checkpointing", "selective",
+                                  "--seq", "4096", "--global-batch", "1920", "--micro-batch", "1"],
+    "moe-v2-lite-ep8": ["--model", "deepseek-v2-lite", "--cluster", "1x8xH100-80GB", "--ep", "8", "--zero", "1",
+                        "--seq", "4096", "--global-batch", "64"],
 }
 
 
@@ -186,6 +196,9 @@ def test_megatron_lm_own_validate_args_accepts_every_rendered_layout(megatron_ru
     assert facts["sequence_parallel"] == plan_layout["sequence_parallel"]
     assert facts["context_parallel_size"] == plan_layout["cp"]
     assert (facts["virtual_pipeline_model_parallel_size"] or 1) == plan_layout["vpp"]
+    if facts["num_experts"]:     # Megatron's etp defaults to tp: MoE renders it explicitly
+        assert (facts["expert_model_parallel_size"], facts["expert_tensor_parallel_size"]) == (plan_layout["ep"],
+                                                                                               plan_layout["etp"])
 
 
 @pytest.mark.skipif(not MEGATRON_LM.is_dir(), reason="shared/reference/megatron-lm-core_v0.16.1 not beside the checkout")

@@ -8,6 +8,7 @@ on them (launch/validate/megatron.py).
 """
 from __future__ import annotations
 
+from shardplan.planner.moe import MLA_SELECTIVE_MODULES, SELECTIVE_MODULES
 from shardplan.planner.estimate import Estimate
 from shardplan.planner.precision import is_fp8, recipe as fp8_recipe
 
@@ -70,6 +71,7 @@ def megatron_args(est: Estimate, schedule: Schedule) -> tuple[tuple[str, ...], .
                  ("--disable-bias-linear",), ("--attention-dropout", "0"), ("--hidden-dropout", "0")]
         if not m.tied_embeddings:
             args.append(("--untie-embeddings-and-output-weights",))
+    args += moe_args(m, lay)
     if tr.precision in ("bf16", "fp16"):
         args.append((f"--{tr.precision}",))
     elif is_fp8(tr.precision):   # Transformer Engine FP8 GEMMs over bf16 weights (planner/precision.py)
@@ -79,6 +81,9 @@ def megatron_args(est: Estimate, schedule: Schedule) -> tuple[tuple[str, ...], .
         args.append(("--attention-backend", "unfused" if tr.attention == "unfused" else "flash"))
     if lay.checkpointing == "full":
         args.append(("--recompute-granularity", "full", "--recompute-method", "uniform", "--recompute-num-layers", "1"))
+    elif lay.checkpointing == "selective" and m.is_moe:   # what planner/moe.py's memory model drops
+        modules = MLA_SELECTIVE_MODULES if m.kv_lora_rank else SELECTIVE_MODULES
+        args.append(("--recompute-granularity", "selective", "--recompute-modules", *modules))
     elif lay.checkpointing == "selective":
         args.append(("--recompute-granularity", "selective"))
     if lay.zero_stage >= 1:
@@ -96,6 +101,38 @@ def megatron_args(est: Estimate, schedule: Schedule) -> tuple[tuple[str, ...], .
         ("--adam-eps", _num(schedule.eps)),
     ]
     return tuple(args)
+
+
+def moe_args(m, lay) -> list[tuple[str, ...]]:
+    """Experts, their parallelism and routing, shared experts, dense layers and MLA, as the planner costed them:
+    dropless all-to-all dispatch, grouped GEMM, etp always explicit (Megatron's default is tp)."""
+    if not m.is_moe:
+        return []
+    args = [("--num-experts", str(m.experts), "--expert-model-parallel-size", str(lay.ep),
+             "--expert-tensor-parallel-size", str(lay.etp)),
+            ("--moe-router-topk", str(m.top_k), "--moe-ffn-hidden-size", str(m.moe_ffn_hidden)),
+            ("--moe-grouped-gemm", "--moe-token-dispatcher-type", "alltoall")]
+    if m.kv_lora_rank:   # DeepSeek-V3 (section 2.1.2): auxiliary-loss-free balancing, sigmoid scores, expert bias
+        args.append(("--moe-router-load-balancing-type", "seq_aux_loss", "--moe-aux-loss-coeff", "0.0001",
+                     "--moe-router-score-function", "sigmoid", "--moe-router-enable-expert-bias"))
+    else:
+        args.append(("--moe-router-load-balancing-type", "aux_loss", "--moe-aux-loss-coeff", "0.01"))
+    if m.shared_experts:
+        args.append(("--moe-shared-expert-intermediate-size", str(m.shared_experts * m.moe_ffn_hidden)))
+    if m.dense_layers:   # 1 = MoE layer; a Python list expression, as --moe-layer-freq accepts it
+        pattern = [0 if i in m.dense_layers else 1 for i in range(m.n_layers)]
+        first = len(m.dense_layers)
+        prefix = m.dense_layers == tuple(range(first))
+        args.append(("--moe-layer-freq", f"([0]*{first}+[1]*{m.n_layers - first})" if prefix
+                     else "[" + ",".join(map(str, pattern)) + "]"))
+    if m.kv_lora_rank:
+        mla = ["--multi-latent-attention", "--kv-lora-rank", str(m.kv_lora_rank),
+               "--qk-head-dim", str(m.head_dim - m.rope_head_dim), "--qk-pos-emb-head-dim", str(m.rope_head_dim),
+               "--v-head-dim", str(m.v_head_dim)]
+        if m.q_lora_rank:
+            mla += ["--q-lora-rank", str(m.q_lora_rank)]
+        args.append(tuple(mla))
+    return args
 
 
 def _num(x: float) -> str:

@@ -1,7 +1,8 @@
 """Megatron-LM's own argument checks on a run directory's megatron_args.sh: its parse_args + validate_args
 (megatron/training/arguments.py of the user's checkout), run in a child process with the plan's world size.
 
-validate_args asks the GPU's architecture (get_device_arch_version): it is answered from the plan's card,
+validate_args asks the GPU's architecture (get_device_arch_version, and torch.cuda.get_device_capability for
+--moe-grouped-gemm): both are answered from the plan's card,
 so the check runs on a login node or a laptop. Megatron-LM imports triton at import time only for its
 batch-invariant inference kernels (megatron/core/transformer/custom_layers/batch_invariant_kernels.py),
 which argument validation never calls: where triton is not installed (no GPU), that one module is stood in
@@ -46,6 +47,8 @@ except Exception as e:
                       "import_error": True}))
     sys.exit(0)
 arguments.get_device_arch_version = lambda: arch
+import torch
+torch.cuda.get_device_capability = lambda *a, **k: (arch, 0)   # --moe-grouped-gemm asks it too
 sys.argv = ["pretrain_gpt.py"] + argv
 try:
     with contextlib.redirect_stdout(out):
@@ -60,7 +63,9 @@ else:
     print(json.dumps({"ok": True, "notes": notes, "facts": {
         "world_size": args.world_size, "data_parallel_size": args.data_parallel_size,
         "virtual_pipeline_model_parallel_size": args.virtual_pipeline_model_parallel_size,
-        "sequence_parallel": args.sequence_parallel, "context_parallel_size": args.context_parallel_size}}))
+        "sequence_parallel": args.sequence_parallel, "context_parallel_size": args.context_parallel_size,
+        "expert_model_parallel_size": args.expert_model_parallel_size,
+        "expert_tensor_parallel_size": args.expert_tensor_parallel_size, "num_experts": args.num_experts}}))
 """
 
 
