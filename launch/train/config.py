@@ -87,6 +87,10 @@ def load_run_config(run_dir: Path, world_size: int) -> RunConfig:
 def _check(run: RunConfig, ds: dict, world_size: int, training: dict) -> None:
     """What Layout cannot know by itself: the model's shape, the process count and ds_config.json."""
     m, lay = run.model, run.layout
+    if run.model_dict.get("experts"):    # issue 10: the MoE variant of the program is not built yet
+        raise RunConfigError(f"{run.model_dict.get('name')} is a mixture-of-experts model "
+                             f"({run.model_dict['experts']} experts): shardplan's training program trains dense "
+                             "models only so far; run the rendered megatron_args.sh with Megatron-LM, or a dense model")
     if run.seq_len > m.max_seq_len:
         raise RunConfigError(f"plan seq_len ({run.seq_len}) exceeds the model's max_seq_len ({m.max_seq_len}); "
                              "plan a shorter --seq-len")
