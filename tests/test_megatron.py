@@ -236,3 +236,14 @@ def test_render_for_shardplans_program_refuses_what_it_does_not_run(tmp_path):
     assert out.exit_code == 2, out.output
     assert "does not run context parallelism (cp 2)" in out.output and "--engine megatron" in out.output
     assert not (tmp_path / "run").exists()
+
+
+def test_render_takes_uneven_stages_from_the_command_line(tmp_path):
+    out = CliRunner().invoke(main, ["render", "--engine", "megatron", "--model", "llama-3-8b", "--cluster",
+                                    "2x8xH100-80GB", "--pp", "4", "--pp-layers", "7,9,9,7", "--zero", "1",
+                                    "--global-batch", "32", "--out", str(tmp_path / "run")])
+    assert out.exit_code == 0, out.output
+    layout = json.loads((tmp_path / "run" / "plan.json").read_text())["best"]["layout"]
+    assert layout["pp_layers"] == [7, 9, 9, 7]
+    text = (tmp_path / "run" / "megatron_args.sh").read_text()
+    assert "--decoder-first-pipeline-num-layers 7" in text and "--decoder-last-pipeline-num-layers 7" in text

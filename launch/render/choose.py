@@ -9,7 +9,7 @@ from shardplan.planner.search import SEARCHED_FIELDS
 
 from .. import rundir
 from ..inputs import (CLUSTER_OVERRIDES, MODEL_OVERRIDES, build_layout, build_training, cluster_overrides,
-                      inputs_from_options, load_cluster, load_model, parse_headroom)
+                      inputs_from_options, load_cluster, load_model, parse_headroom, parse_pp_layers)
 
 # Changing any of these changes dp or the micro-batch, so the plan's dp / grad_accum are derived again.
 RESHAPING = ("dp", "tp", "pp", "micro_batch")
@@ -32,6 +32,8 @@ def choose_estimate(opts: dict, fixed_flags: dict, *, from_plan=None, given: fro
     """(plan dict without "best", Estimate to render). opts: the common planner options; fixed_flags: layout
     flags (None = not given); given: names of options given on the command line (to tell them from defaults)."""
     fixed = {k: v for k, v in fixed_flags.items() if v is not None}
+    if "pp_layers" in fixed:                  # "7,8,8,7" on the command line: the planner wants the counts
+        fixed["pp_layers"] = parse_pp_layers(fixed["pp_layers"])
     if from_plan is None:
         model, cluster, training, headroom = inputs_from_options(opts)
         constraints = {field_name(k): v for k, v in fixed.items() if field_name(k) in SEARCHED_FIELDS}
