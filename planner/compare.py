@@ -6,7 +6,8 @@ world and the layers allow, dp over the rest), hybrid (the best layout using at 
 A method that cannot exist here (tp or pp of 1, e.g. on one GPU) is left out. When no method fits in GPU
 memory, "ZeRO-3 + offload" is added: what DeepSpeed's ZeRO-Offload/Infinity buys. Last, the best layout of
 each engine side by side ("best on DeepSpeed", "best on Megatron-core"): the same model, cluster and batch
-under the other engine's rules, memory and time.
+under the other engine's rules, memory and time. MoE models add "expert parallel" (the best layout with ep > 1,
+before the engine rows); the dense methods keep ep = 1, so the row shows what splitting the experts buys.
 """
 from __future__ import annotations
 
@@ -36,6 +37,10 @@ def method_filters(model: ModelSpec, cluster: Cluster) -> dict:
         filters["pipeline parallel"] = lambda l: l.tp == 1 and l.pp == max_pp and l.zero_stage == 0
     if world > 1 and (max_tp > 1 or max_pp > 1):
         filters["hybrid"] = lambda l: sum(d > 1 for d in (l.dp, l.tp, l.pp)) >= 2
+    if model.is_moe:
+        filters = {name: (lambda l, keep=keep: l.ep == 1 and keep(l)) for name, keep in filters.items()}
+        if world > 1:
+            filters["expert parallel"] = lambda l: l.ep > 1
     return filters
 
 

@@ -9,7 +9,7 @@ from .layout import Layout
 from .cost import estimate_memory
 from .search import TIE, SearchResult
 
-DECISIONS = ("zero_stage", "tp", "pp", "checkpointing", "offload", "cp", "vpp")   # one "X over Y" line each
+DECISIONS = ("zero_stage", "tp", "pp", "checkpointing", "offload", "cp", "vpp", "ep", "etp")   # one "X over Y" line each
 DIMS = DECISIONS + ("micro_batch",)
 CKPT = {"none": "no activation checkpointing", "full": "full activation checkpointing",
         "selective": "selective activation checkpointing"}
@@ -31,7 +31,7 @@ def label(layout: Layout, dim: str) -> str:
     v = value(layout, dim)
     return {"zero_stage": f"ZeRO-{v}", "tp": f"tp={v}", "pp": f"pp={v}", "micro_batch": f"micro-batch {v}",
             "checkpointing": CKPT.get(v, v), "offload": OFFLOAD.get(v, v), "cp": f"cp={v}",
-            "vpp": f"vpp={v}"}[dim]
+            "vpp": f"vpp={v}", "ep": f"ep={v}", "etp": f"etp={v}"}[dim]
 
 
 class Option:
@@ -107,9 +107,29 @@ def _extra(dim: str, best: Estimate, alt: Option | None, cluster: Cluster) -> st
         return extra
     if dim == "offload" and layout.offload != "none":
         return _host_memory(best, cluster)
+    if dim in ("ep", "etp") and best.model.is_moe:
+        return _experts(best, cluster) if dim == "ep" else (
+            f"each expert's FFN split over {layout.etp} GPUs" if layout.etp > 1 else "whole experts on each GPU")
     if dim == "checkpointing" and alt and alt.estimate and alt.layout.micro_batch != layout.micro_batch:
         return f"allows micro-batch {layout.micro_batch} instead of {alt.layout.micro_batch}"
     return ""
+
+
+def _experts(best: Estimate, cluster: Cluster) -> str:
+    """Where the experts live and what their all-to-all costs: the ep group spans ep·stride ranks (stride: tp on
+    DeepSpeed, etp on Megatron, as planner/timing.py and megatron/time.py place it), inside an NVLink domain or
+    across the network (planner/comm.py group_bandwidth)."""
+    layout, model, engine = best.layout, best.model, best.training.engine
+    local = model.experts // layout.ep
+    text = f"{local} of {model.experts} experts per GPU, expert data parallel {layout.expert_dp(engine)}"
+    if layout.ep == 1:
+        return text + "; no all-to-all"
+    span = layout.ep * (layout.etp if engine == "megatron" else layout.tp)
+    where = (f"inside an NVLink domain ({cluster.gpu.nvlink_gbps:.0f} GB/s)" if span <= cluster.nvlink_domain
+             else f"across nodes ({cluster.inter_node_gbps:.0f} GB/s per GPU)")
+    share = best.time.ep_comm_s / best.step_time_s if best.step_time_s else 0.0
+    return (f"{text}; the dispatch/combine all-to-all runs {where}: {secs(best.time.ep_comm_s)} s per step "
+            f"({share:.0%})")
 
 
 def _without_offload(options: list[Option], usable: float) -> str:
@@ -153,11 +173,14 @@ def explain(best: Estimate, result: SearchResult, cluster: Cluster) -> list[str]
     layout = best.layout
     lines = [f"{cluster.world_size} GPUs = dp {layout.dp} × tp {layout.tp} × pp {layout.pp}; global batch "
              f"{layout.global_batch} sequences = micro-batch {layout.micro_batch} × grad accum {layout.grad_accum} "
-             f"× dp {layout.dp} ({layout.global_batch * best.training.seq_len:,} tokens)"]
+             f"× dp {layout.dp} ({layout.global_batch * best.training.seq_len:,} tokens)"
+             + (f"; experts over ep {layout.ep} × etp {layout.etp}" if best.model.is_moe else "")]
     for dim in DECISIONS:
         alt = _closest(layout, options, dim)
         extra = _extra(dim, best, alt, cluster)
         if alt is None:
+            if dim == "ep" and best.model.is_moe:
+                lines.append(f"{label(layout, dim)}: the only choice left; {extra}")
             if dim == "offload":
                 lines.append(f"{OFFLOAD['none']}: fits in GPU memory ({best.memory.peak_bytes / GB:.1f} of "
                              f"{result.usable / GB:.1f} GB usable)" if layout.offload == "none"

@@ -28,7 +28,8 @@ def layout_line(e: Estimate) -> str:
     l = e.layout
     megatron = e.training.engine == "megatron"
     extra = (" sp" if l.sequence_parallel else "") + (f" cp={l.cp}" if l.cp > 1 else "") + (
-        f" vpp={l.vpp}" if l.vpp > 1 else "") + (f" stages={','.join(map(str, l.pp_layers))}" if l.pp_layers else "")
+        f" vpp={l.vpp}" if l.vpp > 1 else "") + (f" stages={','.join(map(str, l.pp_layers))}" if l.pp_layers else "") + (
+        f" ep={l.ep}" if l.ep > 1 else "") + (f" etp={l.etp}" if l.etp > 1 else "")
     sharding = ("distributed-optimizer" if int(l.zero_stage) else "no-optimizer-sharding") if megatron \
         else f"ZeRO-{int(l.zero_stage)}"
     return (f"{'megatron: ' if megatron else ''}dp={l.dp} tp={l.tp} pp={l.pp}{extra} {sharding} "
@@ -37,9 +38,10 @@ def layout_line(e: Estimate) -> str:
 
 
 def grid(l) -> str:
-    """dp×tp×pp (×cp), with sequence parallel and interleaving marked: "4×2sp×2v2"."""
+    """dp×tp×pp (×cp), with sequence parallel and interleaving marked, and the expert split of MoE layouts (inside
+    the other degrees, not a factor of the world): "4×2sp×2v2", "8×1×4v4 ep8", "4×2sp×4 ep4 etp2"."""
     return (f"{l.dp}×{l.tp}{'sp' if l.sequence_parallel else ''}×{l.pp}{f'v{l.vpp}' if l.vpp > 1 else ''}"
-            + (f"×cp{l.cp}" if l.cp > 1 else ""))
+            + (f"×cp{l.cp}" if l.cp > 1 else "") + (f" ep{l.ep}" if l.ep > 1 else "") + (f" etp{l.etp}" if l.etp > 1 else ""))
 
 
 def memory_bar(e: Estimate) -> Text:
@@ -70,7 +72,9 @@ def memory_table(e: Estimate) -> Table:
 
 
 def estimate_summary(e: Estimate, console: Console, title: str = "Layout") -> None:
-    console.print(f"[bold]{title}[/bold] for {e.model.name} ({count(e.model.params)} params) on "
+    params = f"{count(e.model.params)} params" + (f", {count(e.model.active_params)} active per token"
+                                                   if e.model.is_moe else "")
+    console.print(f"[bold]{title}[/bold] for {e.model.name} ({params}) on "
                   f"{e.cluster.spec} ({e.cluster.world_size} GPUs), seq {e.training.seq_len}, "
                   f"global batch {e.layout.global_batch}, {e.training.precision}")
     console.print("  " + layout_line(e), style="bold cyan", highlight=False)
@@ -81,7 +85,7 @@ def estimate_summary(e: Estimate, console: Console, title: str = "Layout") -> No
                   f"[bold]{e.model_tflops_per_gpu:,.0f}[/bold]", highlight=False)
     parts = [("compute", t.compute_s), ("optimizer", t.optimizer_s), ("dp comm", t.dp_comm_s),
              ("tp comm", t.tp_comm_s), ("pp comm", t.pp_comm_s), ("bubble", t.bubble_s),
-             ("offload", t.offload_s), ("overhead", t.overhead_s)]
+             ("ep all-to-all", t.ep_comm_s), ("offload", t.offload_s), ("overhead", t.overhead_s)]
     shown = ", ".join(f"{name} {secs(s)} s" for name, s in parts if s > 0)
     console.print(f"  [dim]{shown}; {t.comm_bytes / GB:.2f} GB communicated per GPU per step[/dim]",
                   highlight=False)
