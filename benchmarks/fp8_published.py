@@ -5,7 +5,8 @@ Sources (Tokens/sec/GPU as published; step time = GBS·seq / (tokens/s/GPU · GP
 - NeMo 25.02, DGX-B200, FP8 and NeMo 25.04, DGX-GB200, FP8 ("per-tensor FP8 quantization, scaling factors
   computed in the current step"): docs.nvidia.com/nemo-framework/user-guide/latest/performance/
   performance_summary.html and its archive/25.04-performance-summary.html.
-Dense rows with DDP + distributed optimizer only (rows with FSDP, MoE or unknown model shapes are left out, and
+Dense rows with DDP + distributed optimizer only (rows with FSDP or unknown model shapes are left out, MoE rows are
+benchmarks/moe_published.py's, and
 Llama 3 405B on pp 8 x vp 8: 126 layers split as 128 with the embedding and the loss counted as layers, which
 shardplan's Megatron layouts cannot express yet).
 
@@ -70,10 +71,15 @@ ROWS = (
 )
 
 
+def cluster_for(card: str, gpus: int):
+    """The published machine: DGX nodes of 8 (GB200/GB300: trays of 4 in NVL72 domains)."""
+    per_node = 4 if card.startswith("GB") else 8
+    return parse_cluster(f"{gpus // per_node}x{per_node}x{card}")
+
+
 def predict(row: tuple) -> dict:
     source, card, name, gpus, gbs, mbs, seq, tp, pp, cp, vp, published = row
-    per_node = 4 if card.startswith("GB") else 8
-    cluster = parse_cluster(f"{gpus // per_node}x{per_node}x{card}")
+    cluster = cluster_for(card, gpus)
     dp = gpus // (tp * pp * cp)
     layout = Layout(dp=dp, tp=tp, pp=pp, cp=cp, vpp=vp, zero_stage=1, micro_batch=mbs,
                     grad_accum=gbs // (mbs * dp), sequence_parallel=tp > 1)
