@@ -15,12 +15,15 @@ TINY_PARAMS = 512 * 64 + 64 * 64 + 2 * (64 * 192 + 192 + 64 * 64 + 64 + 2 * 64 *
 
 
 def make_run_dir(path: Path, dp=1, tp=1, pp=1, zero=0, micro=4, accum=1, seq_len=32, checkpointing="none",
-                 model: dict | None = None, ds_overrides: dict | None = None, prepared_data: bool = True) -> Path:
+                 model: dict | None = None, ds_overrides: dict | None = None, prepared_data: bool = True,
+                 ep: int = 1, sp: bool = False) -> Path:
     """plan.json + ds_config.json as render writes them (fp32, AdamW, gradient clipping, warm-up + cosine LR)."""
     path.mkdir(parents=True, exist_ok=True)
-    model = dict(model or TINY_MODEL, params=TINY_PARAMS)
+    model = dict(model or TINY_MODEL)
+    model.setdefault("params", TINY_PARAMS)
     layout = {"dp": dp, "tp": tp, "pp": pp, "zero_stage": zero, "micro_batch": micro, "grad_accum": accum,
-              "checkpointing": checkpointing, "offload": "none"}
+              "checkpointing": checkpointing, "offload": "none", **({"ep": ep} if ep != 1 else {}),
+              **({"sequence_parallel": True} if sp else {})}
     plan = {"best": {"model": model, "layout": layout,
                      "training": {"seq_len": seq_len, "global_batch": dp * micro * accum, "precision": "fp32"}},
             "candidates": [], "evaluated": 1, "reasons": [], "command": "tests/train_helpers.py"}

@@ -38,13 +38,16 @@ class RunConfig:
         """The facts a checkpoint must share with the run resuming it (same keys as before: old checkpoints match)."""
         lay = self.layout
         return {"dp": lay.dp, "tp": lay.tp, "pp": lay.pp, "zero_stage": int(lay.zero_stage),
-                "micro_batch": lay.micro_batch, "grad_accum": lay.grad_accum, "seq_len": self.seq_len}
+                "micro_batch": lay.micro_batch, "grad_accum": lay.grad_accum, "seq_len": self.seq_len,
+                **({"ep": lay.ep} if getattr(self.model, "experts", 0) else {})}
 
     def engine_config(self) -> dict:
         """ds_config for deepspeed.initialize: AutoTP only without a pipeline (3D uses Megatron layers)."""
         cfg = copy.deepcopy(self.ds_config)
         if self.layout.pp > 1:
             cfg.pop("tensor_parallel", None)
+            if self.layout.sequence_parallel:   # each tp rank sends its own tokens, not a slice of shared ones
+                cfg.setdefault("pipeline", {}).update(pipe_partitioned=False, grad_partitioned=False)
         elif self.layout.tp > 1:
             tp_section = cfg.setdefault("tensor_parallel", {})
             if getattr(self.model, "is_hf", False):
@@ -74,7 +77,7 @@ def load_run_config(run_dir: Path, world_size: int) -> RunConfig:
             from .hf_spec import HFModelConfig
             model = HFModelConfig.from_plan(run_dir, record, model_dict, layout)
         else:
-            model = GPTConfig.from_model_dict(model_dict, layout.checkpointing)
+            model = GPTConfig.from_model_dict(model_dict, layout.checkpointing, layout.ep)
     except ValueError as e:
         raise RunConfigError(str(e)) from None
     run = RunConfig(run_dir=run_dir, model=model, model_dict=model_dict, layout=layout,
@@ -87,10 +90,8 @@ def load_run_config(run_dir: Path, world_size: int) -> RunConfig:
 def _check(run: RunConfig, ds: dict, world_size: int, training: dict) -> None:
     """What Layout cannot know by itself: the model's shape, the process count and ds_config.json."""
     m, lay = run.model, run.layout
-    if run.model_dict.get("experts"):    # issue 10: the MoE variant of the program is not built yet
-        raise RunConfigError(f"{run.model_dict.get('name')} is a mixture-of-experts model "
-                             f"({run.model_dict['experts']} experts): shardplan's training program trains dense "
-                             "models only so far; run the rendered megatron_args.sh with Megatron-LM, or a dense model")
+    if getattr(m, "experts", 0) or lay.ep > 1:
+        _check_moe(m, lay, run.model_dict.get("name"))
     if run.seq_len > m.max_seq_len:
         raise RunConfigError(f"plan seq_len ({run.seq_len}) exceeds the model's max_seq_len ({m.max_seq_len}); "
                              "plan a shorter --seq-len")
@@ -120,3 +121,19 @@ def _check(run: RunConfig, ds: dict, world_size: int, training: dict) -> None:
     precision = "bf16" if ds.get("bf16", {}).get("enabled") else "fp16" if ds.get("fp16", {}).get("enabled") \
         else "fp32"
     _disagree("precision (bf16/fp16 enabled)", precision, run.precision)
+
+
+def _check_moe(m, lay: Layout, name) -> None:
+    """DeepSpeed-MoE as the program runs it (launch/train/moe.py): experts split over ep | dp, ZeRO 0-2, no tp/pp."""
+    if not getattr(m, "experts", 0):
+        raise RunConfigError(f"ep ({lay.ep}) > 1 but {name} has no experts; plan --ep 1 or an MoE model")
+    if m.experts % lay.ep:
+        raise RunConfigError(f"ep ({lay.ep}) must divide experts ({m.experts}); plan --ep with a divisor of it")
+    if lay.dp % lay.ep:
+        raise RunConfigError(f"ep ({lay.ep}) must divide dp ({lay.dp}): DeepSpeed-MoE splits the data-parallel "
+                             "group into expert-parallel groups; plan another --ep")
+    if lay.tp > 1 or lay.pp > 1:
+        raise RunConfigError(f"tp ({lay.tp}) / pp ({lay.pp}): the program's MoE GPT-2 runs data and expert "
+                             "parallel only; plan --tp 1 --pp 1, or use Megatron-LM (render --engine megatron)")
+    if int(lay.zero_stage) == 3:
+        raise RunConfigError("zero_stage (3): DeepSpeed-MoE does not run with ZeRO-3; plan --zero 2 or lower")

@@ -39,6 +39,7 @@ class Trainer:
     pp_stage: int
     dp_group: object
     optimizer: str = ""      # which AdamW runs (speed.fused_adamw_config): fused, or the foreach fallback
+    ep_rank: int = 0         # MoE: this rank's place in its expert-parallel group (which experts it holds)
 
     def train_step(self, step: int, tokens: np.ndarray, sampler: Sampler) -> float:
         """One optimizer step over grad_accum micro-batches; returns the global mean loss (same on every rank)."""
@@ -53,6 +54,8 @@ class Trainer:
             loss = self.engine(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
             self.engine.backward(loss)
             self.engine.step()
+            if getattr(self.engine.module, "last_lm_loss", None) is not None:   # MoE: report the LM loss, not + aux
+                loss = self.engine.module.last_lm_loss
             total += loss.detach().float()
         if self.run.layout.dp > 1:   # every micro-batch holds the same number of tokens: mean of means is mean
             import deepspeed.comm as dist
@@ -68,10 +71,17 @@ class Trainer:
             held += n
             if any(f".{k}." in f".{name}" for k in COLUMN_PARALLEL + ROW_PARALLEL) and name.endswith("weight"):
                 sharded += p.ds_numel if hasattr(p, "ds_numel") else p.numel()
-        blocks = sum(1 for m in module.modules() if type(m).__name__ in ("Block", "PipeBlock")
+        blocks = sum(1 for m in module.modules() if type(m).__name__ in ("Block", "PipeBlock", "MoEBlock")
                      or type(m).__name__.endswith("DecoderLayer"))   # transformers' decoder layers
-        return {"dp_rank": self.dp_rank, "tp_rank": self.tp_rank, "pp_stage": self.pp_stage,
-                "params_held": held, "projection_weights": sharded, "blocks": blocks, "optimizer": self.optimizer}
+        facts = {"dp_rank": self.dp_rank, "tp_rank": self.tp_rank, "pp_stage": self.pp_stage,
+                 "params_held": held, "projection_weights": sharded, "blocks": blocks, "optimizer": self.optimizer}
+        shapes = [list(m.input_shape) for m in module.modules() if getattr(m, "input_shape", None)]
+        if shapes:   # pipeline blocks: the activation the first one received ([seq/tp, batch, hidden] with SP)
+            facts["block_input_shape"] = shapes[0]
+        if getattr(self.run.model, "experts", 0):
+            from .moe import expert_facts
+            facts.update(ep_rank=self.ep_rank, **expert_facts(module))
+        return facts
 
 
 def build_trainer(run: RunConfig, seed: int, init_state: dict | None) -> Trainer:
@@ -98,6 +108,9 @@ def build_trainer(run: RunConfig, seed: int, init_state: dict | None) -> Trainer
     if getattr(run.model, "is_hf", False):   # a local Hugging Face decoder, built by transformers
         from .hf_model import build_hf_model
         model = build_hf_model(run.model, run.model_dict, seed)
+    elif getattr(run.model, "experts", 0):   # mixture of experts: DeepSpeed's MoE layers (moe.py)
+        from .moe import MoEGPT
+        model = MoEGPT(run.model, seed)
     else:
         model = GPT(run.model, seed)
     if init_state is not None:
@@ -108,9 +121,19 @@ def build_trainer(run: RunConfig, seed: int, init_state: dict | None) -> Trainer
         # over the data-parallel ranks (world / tp) instead of the whole world.
         groups._init_tp_mesh_device(tensor_model_parallel_size=run.layout.tp)
         mpu = groups
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config, mpu=mpu)
+    params = model.parameters()
+    if getattr(run.model, "experts", 0):
+        from .moe import optimizer_groups
+        params = optimizer_groups(model)
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=config, mpu=mpu)
+    ep_rank = 0
+    if getattr(run.model, "experts", 0):
+        from .moe import check_ep_groups, fp32_clip_with_experts
+        ep_rank = check_ep_groups(run.model)
+        if config.get("gradient_clipping", 0) > 0:
+            fp32_clip_with_experts(engine, float(config["gradient_clipping"]))
     tp_rank = groups.get_tensor_model_parallel_rank() if run.layout.tp > 1 else 0
     dp_group = groups._get_data_parallel_group()
     import deepspeed.comm as dist
     dp_rank = dist.get_rank(group=dp_group) if run.layout.dp > 1 else 0
-    return Trainer(engine, run, False, dp_rank, tp_rank, 0, dp_group, optimizer)
+    return Trainer(engine, run, False, dp_rank, tp_rank, 0, dp_group, optimizer, ep_rank)

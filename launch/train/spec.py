@@ -42,6 +42,13 @@ class GPTConfig:
     vocab: int
     max_seq_len: int
     checkpointing: str = "none"   # none | full (per-block recompute) | selective (attention core only)
+    # Mixture of experts (launch/train/moe.py; experts 0: dense). The blocks in moe_layers replace their MLP by
+    # DeepSpeed's MoE layer: `experts` MLPs of moe_ffn_hidden, top_k per token, split over ep ranks.
+    experts: int = 0
+    top_k: int = 0
+    moe_ffn_hidden: int = 0
+    moe_layers: tuple[int, ...] = ()
+    ep: int = 1
 
     def __post_init__(self) -> None:
         if self.hidden % self.n_heads:
@@ -54,7 +61,7 @@ class GPTConfig:
         return self.hidden // self.n_heads
 
     @classmethod
-    def from_model_dict(cls, m: dict, checkpointing: str = "none") -> "GPTConfig":
+    def from_model_dict(cls, m: dict, checkpointing: str = "none", ep: int = 1) -> "GPTConfig":
         """From plan.json's best.model (ModelSpec.to_dict)."""
         if m.get("arch") != "gpt2":
             raise ValueError(f"model arch({m.get('arch')!r}): the training program builds GPT-2 only; "
@@ -63,9 +70,21 @@ class GPTConfig:
             raise ValueError("model tied_embeddings(False): this GPT-2 ties wte and the LM head; plan a tied model")
         if m.get("n_kv_heads", m["n_heads"]) != m["n_heads"]:
             raise ValueError(f"n_kv_heads({m['n_kv_heads']}) != n_heads({m['n_heads']}): GPT-2 has no GQA")
+        moe = {}
+        if m.get("experts"):
+            if m.get("shared_experts"):
+                raise ValueError(f"shared_experts({m['shared_experts']}): DeepSpeed's MoE layer has no shared "
+                                 "experts; train this model with Megatron-LM (render --engine megatron)")
+            dense = set(m.get("dense_layers") or ())
+            moe = {"experts": m["experts"], "top_k": m["top_k"], "moe_ffn_hidden": m.get("moe_ffn_hidden") or
+                   m["ffn_hidden"], "moe_layers": tuple(i for i in range(m["n_layers"]) if i not in dense), "ep": ep}
         return cls(n_layers=m["n_layers"], hidden=m["hidden"], n_heads=m["n_heads"], ffn_hidden=m["ffn_hidden"],
-                   vocab=m["vocab"], max_seq_len=m["max_seq_len"], checkpointing=checkpointing)
+                   vocab=m["vocab"], max_seq_len=m["max_seq_len"], checkpointing=checkpointing, **moe)
 
     def shape_dict(self) -> dict:
-        return {"n_layers": self.n_layers, "hidden": self.hidden, "n_heads": self.n_heads,
-                "ffn_hidden": self.ffn_hidden, "vocab": self.vocab, "max_seq_len": self.max_seq_len}
+        shape = {"n_layers": self.n_layers, "hidden": self.hidden, "n_heads": self.n_heads,
+                 "ffn_hidden": self.ffn_hidden, "vocab": self.vocab, "max_seq_len": self.max_seq_len}
+        if self.experts:   # only for MoE, so dense checkpoints' metadata stays what it was
+            shape.update(experts=self.experts, top_k=self.top_k, moe_ffn_hidden=self.moe_ffn_hidden,
+                         moe_layers=list(self.moe_layers))
+        return shape
