@@ -46,8 +46,6 @@ class RunConfig:
         cfg = copy.deepcopy(self.ds_config)
         if self.layout.pp > 1:
             cfg.pop("tensor_parallel", None)
-            if self.layout.sequence_parallel:   # each tp rank sends its own tokens, not a slice of shared ones
-                cfg.setdefault("pipeline", {}).update(pipe_partitioned=False, grad_partitioned=False)
         elif self.layout.tp > 1:
             tp_section = cfg.setdefault("tensor_parallel", {})
             if getattr(self.model, "is_hf", False):
