@@ -38,7 +38,11 @@ def group_bandwidth(cluster: Cluster, size: int, stride: int) -> tuple[float, fl
     inside = span <= domain and (domain == cluster.gpus_per_node or domain % span == 0)
     if inside:
         return cluster.gpu.nvlink_gbps * 1e9, COLLECTIVE_LATENCY_S
-    return min(cluster.gpu.nvlink_gbps, cluster.inter_node_gbps) * 1e9, INTER_NODE_LATENCY_S
+    # A group spanning domains with k of its ranks in each domain: NCCL's rings (one channel per NIC) cross
+    # the network once per k hops, so each rank's share of the cross-domain traffic is 1/k of its ring
+    # traffic, carried by k NICs: the bus bandwidth is k times one GPU's network share, up to NVLink's.
+    k = max(1, min(size, domain // stride)) if stride < domain else 1
+    return min(cluster.gpu.nvlink_gbps, k * cluster.inter_node_gbps) * 1e9, INTER_NODE_LATENCY_S
 
 
 def step_comm(model: ModelSpec, cluster: Cluster, layout: Layout, stage_params: int, seq: int,

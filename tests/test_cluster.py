@@ -143,7 +143,8 @@ def test_the_nvlink_domain_spans_trays_on_nvl72_and_is_the_node_elsewhere():
     assert parse_cluster("36x4xGB200").nvlink_domain == 72 and parse_cluster("4x8xH100").nvlink_domain == 8
     # tp 8 over two trays of an NVL72 rack runs at NVLink speed; over two HGX nodes it crosses the network
     assert group_bandwidth(rack, 8, 1)[0] == 900e9
-    assert group_bandwidth(parse_cluster("2x4xH100"), 8, 1)[0] == 50e9
+    # (4 ranks of the group in each node: NCCL's channels use 4 NICs, 4 x 50 GB/s; planner/comm.py)
+    assert group_bandwidth(parse_cluster("2x4xH100"), 8, 1)[0] == 200e9
     assert group_bandwidth(parse_cluster("36x4xGB200"), 2, 72)[0] == 50e9      # across racks: the network
     # --nvlink-domain: one override path, recorded and read back from plan.json's cluster
     two = parse_cluster("4x8xH100", nvlink_domain=16)
