@@ -178,7 +178,8 @@ def render_files(plan: dict, est: Estimate, opts: RenderOptions, run_dir: Path) 
 def _check_program_runs(est: Estimate) -> None:
     """What the DeepSpeed engine's planner accepts but shardplan's own program does not run (yet)."""
     lay = est.layout
-    missing = [what for what, on in (("sequence parallelism", lay.sequence_parallel),
+    missing = [what for what, on in (("sequence parallelism without pipeline parallelism (it runs with tp × pp)",
+                                      lay.sequence_parallel and lay.pp == 1),
                                      (f"context parallelism (cp {lay.cp})", lay.cp > 1),
                                      (f"uneven pipeline stages {list(lay.pp_layers or ())}",
                                       len(set(lay.stage_layers(est.model.n_layers))) > 1)) if on]

@@ -46,6 +46,8 @@ class RunConfig:
         cfg = copy.deepcopy(self.ds_config)
         if self.layout.pp > 1:
             cfg.pop("tensor_parallel", None)
+            if self.layout.sequence_parallel:   # each tp rank sends its own tokens, not a slice of shared ones
+                cfg.setdefault("pipeline", {}).update(pipe_partitioned=False, grad_partitioned=False)
         elif self.layout.tp > 1:
             tp_section = cfg.setdefault("tensor_parallel", {})
             if getattr(self.model, "is_hf", False):
@@ -97,6 +99,8 @@ def _check(run: RunConfig, ds: dict, world_size: int, training: dict) -> None:
         raise RunConfigError(f"launched with {world_size} processes but the plan's layout needs dp*tp*pp = "
                              f"{lay.dp}*{lay.tp}*{lay.pp} = {lay.world_size}; launch with the run dir's launch.sh "
                              "or re-plan for this world size")
+    if lay.sequence_parallel:
+        _check_sequence_parallel(lay, run.seq_len)
     if m.n_heads % lay.tp or m.ffn_hidden % lay.tp:
         raise RunConfigError(f"tp ({lay.tp}) must divide n_heads ({m.n_heads}) and ffn_hidden ({m.ffn_hidden})")
     if m.n_layers % lay.pp:
@@ -119,6 +123,17 @@ def _check(run: RunConfig, ds: dict, world_size: int, training: dict) -> None:
     precision = "bf16" if ds.get("bf16", {}).get("enabled") else "fp16" if ds.get("fp16", {}).get("enabled") \
         else "fp32"
     _disagree("precision (bf16/fp16 enabled)", precision, run.precision)
+
+
+def _check_sequence_parallel(lay: Layout, seq_len: int) -> None:
+    """Megatron sequence parallelism runs on the pipeline path's Megatron layers (pipe.py, seqpar.py)."""
+    if lay.pp == 1:
+        raise RunConfigError(f"sequence_parallel with tp ({lay.tp}) and pp (1): the program runs sequence "
+                             "parallelism on its tp × pp Megatron-layer path only; plan --pp 2 or more, --no-sp, "
+                             "or render --engine megatron")
+    if seq_len % lay.tp:
+        raise RunConfigError(f"sequence_parallel: seq_len ({seq_len}) must be a multiple of tp ({lay.tp}), each "
+                             "tensor rank holds seq_len/tp tokens; plan another --seq-len or --tp")
 
 
 def _check_moe(m, lay: Layout, name) -> None:

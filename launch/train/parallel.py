@@ -75,6 +75,9 @@ class Trainer:
                      or type(m).__name__.endswith("DecoderLayer"))   # transformers' decoder layers
         facts = {"dp_rank": self.dp_rank, "tp_rank": self.tp_rank, "pp_stage": self.pp_stage,
                  "params_held": held, "projection_weights": sharded, "blocks": blocks, "optimizer": self.optimizer}
+        shapes = [list(m.input_shape) for m in module.modules() if getattr(m, "input_shape", None)]
+        if shapes:   # pipeline blocks: the activation the first one received ([seq/tp, batch, hidden] with SP)
+            facts["block_input_shape"] = shapes[0]
         if getattr(self.run.model, "experts", 0):
             from .moe import expert_facts
             facts.update(ep_rank=self.ep_rank, **expert_facts(module))

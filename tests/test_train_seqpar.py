@@ -1,0 +1,78 @@
+"""Megatron sequence parallelism in the program (launch/train/seqpar.py, pipe.py): tp 2 × pp 2 with SP trains the
+tiny GPT-2 to the same losses as one process and as tp 2 × pp 2 without it, with s/tp tokens per rank between
+blocks; render runs it for the DeepSpeed engine where the program does, and refuses it where it does not.
+
+Real DeepSpeed PipelineModule + Megatron-core layers under torchrun on CPU with gloo, fp32, as test_train_parallel.
+"""
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from shardplan.cli import main
+from shardplan.launch.train.config import RunConfigError, load_run_config
+from train_helpers import losses, make_run_dir, summary, train
+
+STEPS = 3
+RTOL = 1e-5
+SP = dict(tp=2, pp=2, micro=1, accum=4)   # global batch 4 × 32 tokens, as every layout of test_train_parallel
+SGD_CLIPPED = {"optimizer": {"type": "SGD", "params": {"lr": 0.5}}, "gradient_clipping": 0.05}
+
+
+def _train_ok(run_dir, nproc):
+    result = train(run_dir, nproc, "--steps", str(STEPS))
+    assert result.returncode == 0, result.stderr[-4000:]
+    return losses(run_dir)
+
+
+def _assert_close(got, expected, name):
+    worst = max(abs(a - b) / abs(b) for a, b in zip(got, expected))
+    print(f"\nequivalence {name}: max relative loss difference {worst:.2e} over {STEPS} steps")
+    assert len(got) == len(expected) == STEPS
+    for step, (a, b) in enumerate(zip(got, expected), start=1):
+        assert abs(a - b) <= RTOL * abs(b), f"{name} step {step}: {a} vs {b}"
+    assert expected[-1] < expected[0]
+
+
+@pytest.mark.multiproc
+@pytest.mark.slow   # three runs (1 + 4 + 4 processes): ~35 s on 2 cores
+def test_tp2_pp2_with_sp_matches_one_process_and_tp2_pp2_without(tmp_path):
+    single = _train_ok(make_run_dir(tmp_path / "one", micro=4), 1)
+    plain_dir, sp_dir = make_run_dir(tmp_path / "tp2pp2", **SP), make_run_dir(tmp_path / "sp", **SP, sp=True)
+    plain, with_sp = _train_ok(plain_dir, 4), _train_ok(sp_dir, 4)
+    _assert_close(with_sp, single, "tp2-pp2-sp vs one process")
+    _assert_close(with_sp, plain, "tp2-pp2-sp vs tp2-pp2")
+    # Between blocks each rank holds its 32/2 tokens as [seq/tp, batch, hidden]; without SP all 32 as [b, s, h].
+    assert [r["block_input_shape"] for r in summary(sp_dir)["ranks"]] == [[16, 1, 64]] * 4
+    assert [r["block_input_shape"] for r in summary(plain_dir)["ranks"]] == [[1, 32, 64]] * 4
+
+
+@pytest.mark.multiproc
+def test_sp_norm_gradients_are_summed_over_tp_and_clipped_once(tmp_path):
+    """SGD with the clip always active: a LayerNorm gradient left at one rank's tokens (not summed over tp),
+    or counted twice in the norm, changes the update and so the curve."""
+    single = _train_ok(make_run_dir(tmp_path / "one", micro=4, ds_overrides=SGD_CLIPPED), 1)
+    with_sp = _train_ok(make_run_dir(tmp_path / "sp", **SP, sp=True, ds_overrides=SGD_CLIPPED), 4)
+    _assert_close(with_sp, single, "tp2-pp2-sp sgd-clipped vs one process")
+
+
+def test_sp_needs_the_pipeline_path_and_a_divisible_sequence(tmp_path):
+    with pytest.raises(RunConfigError, match=r"pp \(1\).*plan --pp 2 or more, --no-sp"):
+        load_run_config(make_run_dir(tmp_path / "a", tp=2, sp=True, prepared_data=False), 2)
+    with pytest.raises(RunConfigError, match=r"seq_len \(31\) must be a multiple of tp \(2\)"):
+        load_run_config(make_run_dir(tmp_path / "b", **SP, seq_len=31, sp=True, prepared_data=False), 4)
+    run = load_run_config(make_run_dir(tmp_path / "c", **SP, sp=True, prepared_data=False), 4)
+    assert run.engine_config()["pipeline"]["pipe_partitioned"] is False   # tp ranks send different tokens
+
+
+def test_render_for_the_program_runs_sp_with_pp_and_refuses_it_without(tmp_path):
+    base = ["render", "--model", "gpt2-tiny", "--cluster", "4xCPU", "--tp", "2", "--sp", "--seq-len", "32"]
+    out = CliRunner().invoke(main, [*base, "--pp", "2", "--out", str(tmp_path / "run")])
+    assert out.exit_code == 0, out.output
+    plan = json.loads((tmp_path / "run" / "plan.json").read_text())
+    assert plan["best"]["layout"]["sequence_parallel"] is True and plan["best"]["layout"]["pp"] == 2
+    assert load_run_config(tmp_path / "run", 4).layout.sequence_parallel
+    out = CliRunner().invoke(main, [*base, "--pp", "1", "--dp", "2", "--out", str(tmp_path / "tp-only")])
+    assert out.exit_code == 2, out.output
+    assert "does not run sequence parallelism without pipeline parallelism" in out.output
+    assert not (tmp_path / "tp-only").exists()
