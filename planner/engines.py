@@ -2,7 +2,8 @@
 
 DeepSpeed (shardplan's program, deepspeed/runtime/pipe, zero/): ZeRO 0-3, PipelineModule with even or
 explicit partitions and no interleaving, Ulysses for context parallelism (deepspeed/sequence/layer.py:
-an all-to-all over heads, so the heads must split over tp·cp). Megatron-core (megatron/training/
+an all-to-all over heads, so the heads must split over tp·cp); Megatron sequence parallelism runs in the
+program with tp × pp (its Megatron-layer pipeline path; render refuses it with pp 1). Megatron-core (megatron/training/
 arguments.py validate_args, megatron/core/parallel_state.py): the distributed optimizer shards optimizer
 states (ZeRO-1) and nothing more here; uneven pipelines give only the first and last stage their own
 layer counts (--decoder-first/last-pipeline-num-layers); interleaving needs equal layers per virtual
