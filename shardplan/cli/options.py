@@ -93,7 +93,7 @@ LAYOUT_HELP = {
 ESTIMATE_DEFAULTS = {"tp": 1, "pp": 1, "zero": 0, "micro_batch": 1, "checkpointing": "none", "offload": "none",
                      "cp": 1, "vpp": 1, "ep": 1, "etp": 1}
 LAYOUT_NOTES = {
-    "dp": " (default: GPUs / (tp·pp))", "grad_accum": " (default: from --global-batch, else 1)",
+    "dp": " (default: GPUs / (tp·pp·cp))", "grad_accum": " (default: from --global-batch, else 1)",
     "checkpointing": "", "offload": "",
 }
 
