@@ -167,16 +167,22 @@ def megatron_runs(tmp_path_factory):
 
 def test_megatron_render_writes_the_planned_layout(megatron_runs):
     run = megatron_runs["uneven-pp16"]
-    assert sorted(p.name for p in run.iterdir() if p.is_file()) == ["README.md", "launch_megatron.sh",
-                                                                    "megatron_args.sh", "plan.json"]
+    assert sorted(p.name for p in run.iterdir() if p.is_file()) == ["README.md", "job_megatron.sbatch",
+                                                                    "launch_megatron.sh", "megatron_args.sh",
+                                                                    "plan.json"]
     text = (run / "megatron_args.sh").read_text()
     for flag in ("--tensor-model-parallel-size 8", "--sequence-parallel", "--pipeline-model-parallel-size 16",
                  "--decoder-first-pipeline-num-layers 7", "--decoder-last-pipeline-num-layers 7",
                  "--use-distributed-optimizer", "--overlap-grad-reduce", "export CUDA_DEVICE_MAX_CONNECTIONS=1"):
         assert flag in text, flag
     assert json.loads((run / "plan.json").read_text())["best"]["engine"] == "megatron"
-    for script in ("megatron_args.sh", "launch_megatron.sh"):
-        subprocess.run(["bash", "-n", str(run / script)], check=True)
+    scripts = [str(run / s) for s in ("megatron_args.sh", "launch_megatron.sh", "job_megatron.sbatch")]
+    for script in scripts:
+        subprocess.run(["bash", "-n", script], check=True)
+    shellcheck = Path(sys.executable).parent / "shellcheck"
+    if shellcheck.exists():
+        out = subprocess.run([str(shellcheck), "-x", *scripts], capture_output=True, text=True)
+        assert out.returncode == 0, out.stdout
 
 
 def validate(*args):
@@ -247,3 +253,44 @@ def test_render_takes_uneven_stages_from_the_command_line(tmp_path):
     assert layout["pp_layers"] == [7, 9, 9, 7]
     text = (tmp_path / "run" / "megatron_args.sh").read_text()
     assert "--decoder-first-pipeline-num-layers 7" in text and "--decoder-last-pipeline-num-layers 7" in text
+
+
+@pytest.mark.slurm
+def test_job_megatron_sbatch_starts_launch_megatron_on_every_node(tmp_path, slurm_cluster):
+    """The SLURM variant on the real two-node test cluster: one task per node runs launch_megatron.sh, which
+    starts torchrun with that node's rank, the planned arguments and the ones given to sbatch. torchrun and
+    the Megatron-LM checkout are stand-ins that record what they were given (no GPU, no Megatron here)."""
+    import os
+    import time
+
+    run = tmp_path / "mg run"
+    out = CliRunner().invoke(main, ["render", "--engine", "megatron", "--model", "gpt2-tiny", "--cluster",
+                                    "2x1xCPU", "--global-batch", "4", "--steps", "5", "--out", str(run)])
+    assert out.exit_code == 0, out.output
+    assert "job_megatron.sbatch" in out.output and "launch_megatron.sh" in out.output
+    bin_dir, checkout = tmp_path / "bin", tmp_path / "Megatron-LM"
+    bin_dir.mkdir()
+    checkout.mkdir()
+    (checkout / "pretrain_gpt.py").write_text("# stand-in\n")
+    torchrun = bin_dir / "torchrun"
+    torchrun.write_text('#!/bin/sh\nprintf "%s\\0" "$@" > "$ARGV_OUT-node$SLURM_NODEID"\n')
+    torchrun.chmod(0o755)
+    env = {**os.environ, **slurm_cluster, "PATH": f"{bin_dir}:{os.environ['PATH']}", "MEGATRON_LM": str(checkout),
+           "SHARDPLAN_MASTER_ADDR": "127.0.0.1", "ARGV_OUT": str(tmp_path / "argv")}
+    job = subprocess.run(["sbatch", "--parsable", str(run / "job_megatron.sbatch"), "--data-path", "my data"],
+                         env=env, capture_output=True, text=True, check=True, timeout=30).stdout.strip().split(";")[0]
+    deadline, state = time.monotonic() + 120, ""
+    while time.monotonic() < deadline:
+        info = subprocess.run(["scontrol", "show", "job", job], env=env, capture_output=True, text=True).stdout
+        state = next((w.split("=", 1)[1] for w in info.split() if w.startswith("JobState=")), "")
+        if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"):
+            break
+        time.sleep(1)
+    assert state == "COMPLETED", info + (run / "logs").joinpath(f"slurm-{job}.out").read_text()
+    for node in (0, 1):
+        argv = (tmp_path / f"argv-node{node}").read_bytes().decode().split("\0")[:-1]
+        assert argv[argv.index("--node-rank") + 1] == str(node) and argv[argv.index("--nnodes") + 1] == "2"
+        assert argv[argv.index("--master-addr") + 1] == "127.0.0.1"
+        assert argv[argv.index("--master-addr") + 3].isdigit()           # the port derived from the job id
+        assert str(checkout / "pretrain_gpt.py") in argv and "--micro-batch-size" in argv
+        assert argv[-2:] == ["--data-path", "my data"]

@@ -116,7 +116,7 @@ def test_tp_partition_config_names_the_training_programs_modules(rendered):
 def test_scripts_pass_bash_n_and_shellcheck(rendered, name):
     (result, est), run_dir = rendered[name], rendered[name][0].run_dir
     # a DeepSpeed plan: the DeepSpeed scripts, and megatron_args.sh only where Megatron runs the same layout
-    names = [s for s in rundir.SCRIPTS if s != rundir.LAUNCH_MEGATRON
+    names = [s for s in rundir.SCRIPTS if s not in (rundir.LAUNCH_MEGATRON, rundir.JOB_MEGATRON)
              and (s != rundir.MEGATRON_ARGS or megatron_refusal(est) is None)]
     assert sorted(n for n in result.files if n in rundir.SCRIPTS) == sorted(names)
     scripts = [run_dir / s for s in names]

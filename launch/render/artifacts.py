@@ -205,13 +205,17 @@ def _plan_json(plan: dict, est: Estimate, opts: RenderOptions, run: RunSpec) -> 
 
 
 def _megatron_files(plan: dict, est: Estimate, opts: RenderOptions, run: RunSpec, env) -> dict[str, str]:
-    """--engine megatron: plan.json, megatron_args.sh, launch_megatron.sh and the README (no ds_config:
+    """--engine megatron: plan.json, megatron_args.sh, launch_megatron.sh, job_megatron.sbatch and the README (no ds_config:
     Megatron-LM's pretrain_gpt.py takes arguments, and shardplan's DeepSpeed program does not run it)."""
     common = _common(plan, est, opts, run)
     files = {rundir.PLAN: _plan_json(plan, est, opts, run),
              rundir.MEGATRON_ARGS: env.get_template("megatron_args.sh.j2").render(
                  megatron_args=megatron_args(est, opts.schedule), megatron_env=megatron_env(est), **common),
-             rundir.LAUNCH_MEGATRON: env.get_template("launch_megatron.sh.j2").render(**common)}
+             rundir.LAUNCH_MEGATRON: env.get_template("launch_megatron.sh.j2").render(**common),
+             rundir.JOB_MEGATRON: env.get_template("job_megatron.sbatch.j2").render(
+                 cpus_per_task=_cpus_per_node(est, opts), partition=opts.partition, time=opts.time,
+                 account=opts.account, output=slurm_filename(run.log_dir) + "/slurm-%j.out",
+                 slurm_log_dir=slurm_filename(run.log_dir), job_name=f"shardplan-{est.model.name}", **common)}
     files[rundir.README] = env.get_template("README.md.j2").render(files=sorted(files) + [rundir.README],
                                                                    ds=None, **common)
     _check_scripts(files)

@@ -124,4 +124,10 @@ def print_rendered(result, est, as_json: bool) -> None:
     click.echo(f"{result.run_dir}: {est.model.name} on {est.cluster.spec}, dp {lay.dp} × tp {lay.tp} × pp {lay.pp}, "
                f"ZeRO-{int(lay.zero_stage)}, micro-batch {lay.micro_batch} × grad-accum {lay.grad_accum}")
     click.echo("  wrote " + ", ".join(result.files))
+    if est.training.engine == "megatron":
+        run = shlex.quote(str(result.run_dir))
+        click.echo(f"  next: shardplan validate {run} --megatron-lm <Megatron-LM checkout>; then "
+                   f"MEGATRON_LM=<checkout> bash {run}/launch_megatron.sh --data-path ... (or sbatch "
+                   f"{run}/job_megatron.sbatch)")
+        return
     click.echo(f"  next: shardplan launch {shlex.quote(str(result.run_dir))} --dry-run")
