@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from shardplan.launch import rundir
+
 
 
 def _positive(ctx, param, value):
@@ -67,7 +69,7 @@ def validate(files, world_size, tp, pp, heads, allow_auto, no_deepspeed, strict,
     failed = any(not (r.ok_strict() if strict else r.ok) for r in results) or any(not c.ok for _, c in checks)
     if as_json:
         passed = [{**r.to_dict(), "passed": r.ok_strict() if strict else r.ok} for r in results]
-        passed += [{"file": str(d / "megatron_args.sh"), "passed": c.ok, "ok": c.ok,
+        passed += [{"file": str(d / rundir.MEGATRON_ARGS), "passed": c.ok, "ok": c.ok,
                     "megatron": {"ok": c.ok, "message": c.message, "notes": list(c.notes), "facts": c.facts}}
                    for d, c in checks]
         click.echo(json.dumps(passed, indent=2))
@@ -78,7 +80,7 @@ def validate(files, world_size, tp, pp, heads, allow_auto, no_deepspeed, strict,
             else:
                 _print_result(r, strict)
         for d, c in checks:
-            click.echo(f"{d / 'megatron_args.sh'}: {'OK' if c.ok else 'INVALID'} (Megatron-LM's parse_args + "
+            click.echo(f"{d / rundir.MEGATRON_ARGS}: {'OK' if c.ok else 'INVALID'} (Megatron-LM's parse_args + "
                        f"validate_args)")
             click.echo(f"  {c.message}")
             for note in c.notes:
@@ -88,8 +90,6 @@ def validate(files, world_size, tp, pp, heads, allow_auto, no_deepspeed, strict,
 
 def _split(files, megatron_lm) -> tuple[list[str], list[Path]]:
     """(files for the DeepSpeed checks, run directories whose megatron_args.sh Megatron-LM checks)."""
-    from shardplan.launch import rundir
-
     deepspeed, megatron = [], []
     for name in files:
         path = Path(name)
@@ -147,8 +147,6 @@ def _validate_all(files, world_size, tp, pp, heads, allow_auto, no_deepspeed, as
 def _from_run_dir(run_dir: Path, sizes: dict) -> tuple[Path, dict]:
     """A render run directory: check its ds_config.json with the sizes its plan.json records (the contract in
     CONTRACTS.md: plan["best"]["layout"] and plan["best"]["model"]); explicit options win."""
-    from shardplan.launch import rundir
-
     ds_config = run_dir / rundir.DS_CONFIG
     if not (run_dir / rundir.PLAN).is_file():
         return ds_config, sizes
