@@ -21,6 +21,7 @@ from .layout import Layout
 from .model import ModelSpec
 from .model_states import StateBytes, deepspeed_states, torch_states
 from .moe import moe_activation_extra_bytes
+from .precision import model_bytes
 from .stage import StageShape, stage_shape
 
 # The caching allocator reserves beyond the allocated peak in proportion to the memory that comes and goes
@@ -46,7 +47,7 @@ def _stage_phases(model: ModelSpec, shape: StageShape, layout: Layout, training:
                   first: bool, runtime: int) -> list[tuple[str, tuple[int, int, int, int, int]]]:
     """(phase, (params, grads, optimizer, activations, other)) for one pipeline stage."""
     engine = training.engine
-    act_b = 2 if training.precision in ("bf16", "fp16") else 4
+    act_b = model_bytes(training.precision)
     tokens = layout.micro_batch * training.seq_len // layout.cp    # Ulysses: each rank holds seq/cp tokens
     m = layout.grad_accum
     inflight = min(layout.pp, m) if (first and layout.pp > 1) else 1

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from .ds_knobs import ZeroKnobs
 from .model import ModelSpec
+from .precision import model_bytes
 from .stage import StageShape
 
 
@@ -60,7 +61,7 @@ def deepspeed_states(model: ModelSpec, shape: StageShape, dp: int, zero: int, of
                      pp: int, knobs: ZeroKnobs, fp32_grad_accum: bool = False, foreach: bool = True) -> StateBytes:
     """foreach: torch AdamW's multi-tensor path (CUDA). On CPU torch runs the single-tensor path, whose
     `exp_avg_sq.sqrt() / bias_correction2_sqrt` holds two temporaries of the largest tensor at once."""
-    lp = 2 if precision in ("bf16", "fp16") else 4    # bytes of the model dtype
+    lp = model_bytes(precision)                       # bytes of the model dtype
 
     def sqrt_temp(group: int, largest: int) -> int:
         return 4 * group if foreach else 8 * largest

@@ -28,6 +28,7 @@ from .compiled import kernels as compiled_kernels
 from .layout import Layout, compile_refusal
 from .model import ModelSpec
 from .moe import expert_compute_s, moe_comm_s
+from .precision import model_bytes
 from .stage import stage_shape
 
 OPS_PER_LAYER = 16 + 30    # forward ops + backward autograd nodes of one block (norms, matmuls, SDPA, adds)
@@ -112,7 +113,7 @@ def estimate_time(model: ModelSpec, cluster: Cluster, layout: Layout, training: 
         mb_gpu += shape.moe_layers * expert_compute_s(gpu, model, tokens, tp, layout.ep, layout.etp, sp,
                                                       training.precision, engine, layout.checkpointing)
         a2a_s, a2a_b = moe_comm_s(cluster, model, tokens, tp, layout.ep, layout.etp, sp,
-                                  2 if training.precision in ("bf16", "fp16") else 4, tp, layout.checkpointing)
+                                  model_bytes(training.precision), tp, layout.checkpointing)
         ep_s, ep_bytes = m * shape.moe_layers * a2a_s, m * shape.moe_layers * a2a_b
     autocast = engine == "torch"
     ops = shape.layers * (OPS_PER_LAYER + AUTOCAST_OPS_PER_LAYER * autocast) + OPS_HEAD + AUTOCAST_OPS_HEAD * autocast
@@ -127,7 +128,7 @@ def estimate_time(model: ModelSpec, cluster: Cluster, layout: Layout, training: 
     tensors = n_param_tensors(model, shape.layers, shape.has_embedding, shape.has_head)
     local = shape.params // (dp if z >= 1 else 1)
     bw = gpu.hbm_gbps * 1e9 * gpu.hbm_efficiency
-    act_bytes = 2 if training.precision in ("bf16", "fp16") else 4
+    act_bytes = model_bytes(training.precision)
     offload_s = serial_s = zero_gpu = 0.0
     knobs = zero_knobs(model.hidden, z, training.zero_buckets, not gpu.is_cpu)
     adamw_bytes = ADAMW_FUSED_BYTES if training.fused_step else ADAMW_FOREACH_BYTES
