@@ -17,9 +17,10 @@ import time
 from pathlib import Path
 
 from . import jobs, ranks, slurm
-from .progress import MetricsTail, Progress
+from .progress import Progress
 from ..commands import SLURM_RENDEZVOUS_TIMEOUT_S, Command, command_for, deepspeed_command, torchrun_command
 from ..rundir import CHECKPOINTS, LOG_DIR, METRICS, has_checkpoint
+from ..runmetrics import read_metrics
 from .jobs import CANCELLED, COMPLETED, FAILED, RUNNING, JobRecord
 from .preflight import RunDir
 
@@ -314,9 +315,7 @@ def status(run_dir: Path) -> dict:
                             f"({state.reason}); the state shown is the one `launch --follow` recorded")
     else:
         info.update(pid=job.pid, state=jobs.local_state(job), exit_code=job.exit_code, source="pid")
-    tail = MetricsTail(run_dir / METRICS)
-    tail.offset = 0
-    rows = [r for r in tail.poll() if "step" in r]
+    rows = read_metrics(run_dir).steps
     if rows:
         info["last_step"] = rows[-1]["step"]
         info["last_loss"] = rows[-1].get("loss")
