@@ -11,7 +11,7 @@ stage; context parallelism splits each sequence into 2·cp chunks for load balan
 """
 from __future__ import annotations
 
-from .layout import Layout, divisors
+from .layout import Layout, divisors, even_stages
 from .model import ModelSpec
 
 ENGINES = ("deepspeed", "megatron")
@@ -128,6 +128,5 @@ def uneven_stages(n_layers: int, pp: int) -> tuple[int, ...]:
     middle = -(-n_layers // pp)
     rest = n_layers - middle * (pp - 2)
     if pp <= 2 or rest < 2:
-        base, extra = divmod(n_layers, pp)
-        return tuple(base + (1 if i < extra else 0) for i in range(pp))
+        return even_stages(n_layers, pp)
     return (rest - rest // 2,) + (middle,) * (pp - 2) + (rest // 2,)

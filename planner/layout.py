@@ -20,6 +20,12 @@ def divisors(n: int) -> list[int]:
     return sorted(set(small + [n // d for d in small]))
 
 
+def even_stages(n_layers: int, pp: int) -> tuple[int, ...]:
+    """n_layers over pp stages as evenly as it goes, the first stages taking the remainder."""
+    base, extra = divmod(n_layers, pp)
+    return tuple(base + (1 if i < extra else 0) for i in range(pp))
+
+
 class ZeroStage(IntEnum):
     """DeepSpeed ZeRO stage: what is sharded over the data-parallel group."""
 
@@ -108,10 +114,7 @@ class Layout:
     def stage_layers(self, n_layers: int) -> tuple[int, ...]:
         """Transformer layers of each pipeline stage: pp_layers, else as even as it goes (the first stages
         take the remainder, as DeepSpeed's uniform partition and Megatron's even split do)."""
-        if self.pp_layers is not None:
-            return self.pp_layers
-        base, extra = divmod(n_layers, self.pp)
-        return tuple(base + (1 if i < extra else 0) for i in range(self.pp))
+        return self.pp_layers if self.pp_layers is not None else even_stages(n_layers, self.pp)
 
     @property
     def global_batch(self) -> int:
