@@ -10,7 +10,9 @@ Writes benchmarks/results/playbook.json.
 
 --nanotron-csv (or a "status" column in the sweep CSV) separates the crashes nanotron logged as out of
 memory ("OOM") from the other failures ("Other": no memory figure, oom_error False), which no memory
-model can predict; the summary then adds confusion_oom_only.
+model can predict; the summary then adds confusion_oom_only. A run is predicted to run when its memory fits
+and nanotron's build_model gives every pipeline rank a block (nanotron_places(): with pp close to the
+layer count the last ranks get none, and those runs crash with a non-OOM failure).
 
 What mem_gb is (nanotron commit e24d2483, the playbook's sweep, Feb 2025): each run wrote one CSV row
 from world rank 0 (helpers.py create_table_log / log_throughput, at iteration 3 of NANOTRON_BENCHMARK=1)
@@ -111,19 +113,38 @@ def spearman(xs: list[float], ys: list[float]) -> float:
     return cov / math.sqrt(sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry))
 
 
-def first_stage_layers(model: ModelSpec, pp: int) -> int:
-    """Decoder layers on nanotron's first pipeline stage. models/base.py build_model walks the blocks
-    (embedding 0, each layer 4h·(heads·head_dim) + 3h·ffn, lm_head V·h) and moves to the next rank only after
-    a block whose cumulative cost passes total·(rank+1)/pp: the first stage takes floor(total/(pp·layer))+1
-    layers, more than ceil(L/pp) because the LM head weighs like several layers."""
+def nanotron_stages(model: ModelSpec, pp: int) -> list[list[str]]:
+    """The pipeline blocks nanotron's build_model (models/base.py, commit e24d2483) gives each of the pp ranks.
+
+    It walks the blocks in forward order (embedding, the decoder layers, final norm, lm_head, the fp32 cast,
+    the loss), with the costs of models/llama.py get_block_compute_costs (a decoder layer
+    4h·(heads·head_dim) + 3h·ffn, lm_head V·h, the others 0), and moves to the next rank only after a block
+    whose cumulative cost passes total·(rank+1)/pp. The first stage is deeper than ceil(L/pp) because the
+    LM head weighs like several layers, and when the layers run out early the last ranks get no block at all."""
     layer = 4 * model.n_heads * model.head_dim * model.hidden + 3 * model.ffn_hidden * model.hidden
-    total = model.n_layers * layer + model.vocab * model.hidden
-    cumulative = 0
-    for k in range(1, model.n_layers + 1):
-        cumulative += layer
-        if cumulative > total / pp:
-            return k
-    return model.n_layers
+    blocks = [("embedding", 0)] + [("layer", layer)] * model.n_layers + [
+        ("final_norm", 0), ("lm_head", model.vocab * model.hidden), ("cast", 0), ("loss", 0)]
+    total = sum(cost for _, cost in blocks)
+    stages: list[list[str]] = [[] for _ in range(pp)]
+    rank = cumulative = 0
+    for name, cost in blocks:
+        cumulative += cost
+        stages[rank].append(name)
+        if cumulative > total * (rank + 1) / pp:
+            rank += 1
+    return stages
+
+
+def first_stage_layers(model: ModelSpec, pp: int) -> int:
+    """Decoder layers on nanotron's first pipeline stage (world rank 0, the one the benchmark CSV reports)."""
+    return nanotron_stages(model, pp)[0].count("layer")
+
+
+def nanotron_places(model: ModelSpec, pp: int) -> bool:
+    """Whether every pipeline rank gets a block. build_model sets output_pp_rank to the rank holding the
+    last block; the ranks after it hold nothing, and such runs do not train: in the sweep 175 of the 177
+    runs with an empty rank crashed, 168 of them with a non-OOM failure (nanotron's status "Other")."""
+    return all(nanotron_stages(model, pp))
 
 
 def predict(row: dict, excess: float = ALLOCATOR_EXCESS) -> dict:
@@ -154,18 +175,21 @@ def predict(row: dict, excess: float = ALLOCATOR_EXCESS) -> dict:
     except ValueError as e:
         refusal = str(e)
     ran = row["mem_gb"] != "nan"
+    placed = nanotron_places(model, layout.pp)
     return {"model": row["model"], "nodes": int(row["nodes"]), "layout": layout.to_dict(),
             "predicted_peak_gib": peak / GiB, "predicted_reserved_gib": reserved / GiB,
-            "predicted_fits": reserved <= cluster.gpu.memory_bytes,
+            "predicted_fits": reserved <= cluster.gpu.memory_bytes, "nanotron_places": placed,
+            "predicted_runs": placed and reserved <= cluster.gpu.memory_bytes,
             "ran": ran, "measured_gib": float(row["mem_gb"]) if ran else None,
             "predicted_tok_s_gpu": tokens / t.step_s / cluster.world_size,
             "measured_tok_s_gpu": float(row["tok_s_gpu"]) if ran else None, "refusal": refusal}
 
 
 def confusion(points: list[dict]) -> dict:
+    """"fit" = predicted to run: the memory fits and nanotron gives every pipeline rank a block."""
     c = {"fit_ran": 0, "fit_crashed": 0, "oom_ran": 0, "oom_crashed": 0}
     for p in points:
-        c[("fit_" if p["predicted_fits"] else "oom_") + ("ran" if p["ran"] else "crashed")] += 1
+        c[("fit_" if p["predicted_runs"] else "oom_") + ("ran" if p["ran"] else "crashed")] += 1
     n = len(points)
     c["accuracy"] = (c["fit_ran"] + c["oom_crashed"]) / n if n else float("nan")
     return c
@@ -185,6 +209,7 @@ def summarize(points: list[dict]) -> dict:
         peak_errs = [p["predicted_peak_gib"] / p["measured_gib"] - 1 for p in ran]
         oom_only = [p for p in ps if p.get("status", "OOM" if not p["ran"] else "Success") != "Other"]
         out[name] = {"runs": len(ps), "accepted_by_estimate": sum(p["refusal"] is None for p in ps),
+                     "nanotron_cannot_place": sum(not p["nanotron_places"] for p in ps),
                      "confusion": confusion(ps),
                      "confusion_oom_only": confusion(oom_only) if len(oom_only) < len(ps) else None,
                      "memory_mape_on_ran": sum(map(abs, errs)) / len(errs) if errs else None,
@@ -231,12 +256,12 @@ def main() -> int:
     summ = summarize(points)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     columns = ["model", "nodes", "dp", "tp", "pp", "zero", "mbs", "gas", "predicted_peak_gib",
-               "predicted_reserved_gib", "measured_gib", "predicted_fits", "ran", "predicted_tok_s_gpu",
+               "predicted_reserved_gib", "measured_gib", "predicted_fits", "nanotron_places", "ran", "predicted_tok_s_gpu",
                "measured_tok_s_gpu"]
     table = [[p["model"], p["nodes"], p["layout"]["dp"], p["layout"]["tp"], p["layout"]["pp"],
               p["layout"]["zero_stage"], p["layout"]["micro_batch"], p["layout"]["grad_accum"],
               round(p["predicted_peak_gib"], 2), round(p["predicted_reserved_gib"], 2), p["measured_gib"],
-              p["predicted_fits"], p["ran"],
+              p["predicted_fits"], p["nanotron_places"], p["ran"],
               round(p["predicted_tok_s_gpu"]), p["measured_tok_s_gpu"]] for p in points]
     OUT.write_text(json.dumps({"summary": summ, "allocator_excess": ALLOCATOR_EXCESS,
                                "models": {k: m.to_dict() for k, m in MODELS.items()},
@@ -257,6 +282,8 @@ def main() -> int:
     print(f"memory = predicted reserved (allocated peak of rank 0 + {ALLOCATOR_EXCESS} x its activations + other"
           f"{check}) vs mem_gb; the allocated peak alone: median "
           f"{summ['all']['allocated_peak_median_err_on_ran']:+.1%}")
+    print(f"{summ['all']['nanotron_cannot_place']} runs leave a pipeline rank without a block (nanotron_places()): "
+          f"predicted to crash whatever their memory")
     refused = [p for p in points if p["refusal"]]
     print(f"estimate accepts {summ['all']['accepted_by_estimate']} of {summ['all']['runs']} runs (the same evaluate() "
           f"as `estimate --batch`)" + (f"; first refusal: {refused[0]['refusal']}" if refused else ""))
