@@ -60,9 +60,13 @@ def narayanan(data: dict) -> list[dict]:
                         checkpointing="full", vpp=vpp)
         model = gpt(f"gpt-{r['model_size_label']}", L, r["hidden_size"], r["num_attention_heads"], r["seq_len"],
                     r["vocab_size"])
+        # the SC21 code (examples/sc21 at the file's commit): the tensor-parallel backward all-reduce is the
+        # synchronous one of mpu/mappings.py (the async one came in September 2021), and --DDP-impl local
+        # all-reduces the gradients after forward_backward (training.py train_step), torch DDP during it
+        engine = {"tp_backward_overlap": False, "overlap_grad_reduce": r["ddp_impl"] == "torch"}
         out.append({"source": "Narayanan 2021 T1", "name": r["model_size_label"], "model": model,
                     "cluster": a100_cluster(gpus), "layout": layout, "precision": "fp16",
-                    "measured_s": r["iteration_time_s_derived"]})
+                    "measured_s": r["iteration_time_s_derived"], "engine_options": engine})
     return out
 
 
@@ -105,7 +109,8 @@ def predict(case: dict) -> dict:
     layout = case["layout"]
     # every published run predates flash attention: Megatron's unfused core attention (fused softmax)
     training = Training(seq_len=case["model"].max_seq_len, global_batch=layout.global_batch,
-                        precision=case["precision"], engine="megatron", attention="unfused")
+                        precision=case["precision"], engine="megatron", attention="unfused",
+                        **case.get("engine_options", {}))
     est = evaluate(case["model"], case["cluster"], layout, training, headroom=0.0)
     out = {"source": case["source"], "name": case["name"], "gpus": layout.world_size,
            "layout": layout.to_dict(), "predicted_s": est.step_time_s, "measured_s": case["measured_s"],

@@ -26,6 +26,15 @@ class Training:
     # QK^T, fused scale-mask-softmax, dropout, AV: --attention-backend unfused, and every Megatron run before
     # flash attention, such as the published 2021-2022 ones). shardplan's own program always runs SDPA/flash.
     attention: str = "flash"
+    # Megatron's communication overlap, as the engine version that ran does it. overlap_grad_reduce: the DP
+    # gradient reduce runs bucket by bucket during the last micro-batch's backward (--overlap-grad-reduce,
+    # and PyTorch DDP's hooks); False = after the whole backward (megatron-core without the flag, and
+    # Megatron-LM 2021's default "local" DDP, whose allreduce_gradients() ran after forward_backward).
+    # tp_backward_overlap: the input-gradient all-reduce of a column-parallel layer runs beside its
+    # weight-gradient GEMM (Megatron-LM since September 2021, always in megatron-core); False = the
+    # synchronous all-reduce of mpu/mappings.py before that (the SC21 code the 2021 published runs used).
+    overlap_grad_reduce: bool = True
+    tp_backward_overlap: bool = True
     # Which ZeRO buffer sizes the ds_config carries: "shardplan" (what render writes, planner/ds_knobs.py)
     # or "deepspeed" (DeepSpeed's defaults: 5e8-element buckets, overlap_comm only for ZeRO-3).
     zero_buckets: str = "shardplan"

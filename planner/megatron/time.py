@@ -12,11 +12,13 @@ parallel dimension exposes, read from megatron/core's schedules and layers.
   bus volume) and the all-gather of the saved input redone in backward. Forward collectives sit on the
   critical path; the backward input-gradient collective and the redone all-gather run asynchronously
   beside the weight-gradient GEMM (LinearWithGradAccumulationAndAsyncCommunication, which is why
-  CUDA_DEVICE_MAX_CONNECTIONS=1 is required), so only what outlasts that GEMM shows.
+  CUDA_DEVICE_MAX_CONNECTIONS=1 is required), so only what outlasts that GEMM shows (Training.
+  tp_backward_overlap False: the synchronous all-reduce of Megatron-LM before September 2021).
 - Data parallel (distributed/distributed_data_parallel.py, param_and_grad_buffer.py): gradients are
   reduced in fp32 (the main-grad buffer's dtype) bucket by bucket during the last micro-batch's backward
   (overlap_grad_reduce); the distributed optimizer reduce-scatters them and all-gathers the updated bf16
-  weights during the next forward (overlap_param_gather). What outlasts the compute it hides behind shows.
+  weights during the next forward (overlap_param_gather). What outlasts the compute it hides behind shows;
+  with Training.overlap_grad_reduce False all of it does.
 - Context parallel (transformer/dot_product_attention_context_parallel / TE's ring attention): each rank
   passes its K/V chunk around the ring (cp-1 steps forward, K/V and their gradients backward), overlapped
   with the attention of the chunk it holds.
@@ -111,7 +113,8 @@ def megatron_time(model: ModelSpec, cluster: Cluster, layout: Layout, training: 
         bwd_hidden = 4 + (2 * ag if sp else 0)                         # input-grad AR/RS, redone AG (async)
         redo = fwd_units if layout.checkpointing == "full" else 0      # the recomputed forward's collectives
         calls = (4 if not sp else 8) + (2 if sp else 0) + ((2 if not sp else 4) if redo else 0)
-        per_layer = ((fwd_units + bwd_exposed + redo) * unit / bw + max(0.0, bwd_hidden * unit / bw - wgrad)
+        hidden_by = wgrad if training.tp_backward_overlap else 0.0
+        per_layer = ((fwd_units + bwd_exposed + redo) * unit / bw + max(0.0, bwd_hidden * unit / bw - hidden_by)
                      + calls * lat)
         tp_s = m * layers * per_layer
         tp_bytes = m * layers * (fwd_units + bwd_exposed + bwd_hidden + redo) * unit
@@ -140,8 +143,10 @@ def megatron_time(model: ModelSpec, cluster: Cluster, layout: Layout, training: 
         buckets = max(1, -(-p // 40_000_000))                           # DDP's 40M-element buckets
         reduce_s = grads / bw + buckets * lat
         gather_s = gather / bw + (buckets * lat if distributed else 0.0)
-        backward = mb_gpu * 2 / 3                                       # the last micro-batch's backward
-        forward = mb_gpu / 3                                            # the next step's first forward
+        # the last micro-batch's backward and the next step's first forward hide them when overlapped
+        # (overlap_param_gather needs overlap_grad_reduce: Megatron's validate_args)
+        backward = mb_gpu * 2 / 3 if training.overlap_grad_reduce else 0.0
+        forward = mb_gpu / 3 if training.overlap_grad_reduce else 0.0
         dp_s = max(0.0, reduce_s - backward) + max(0.0, gather_s - forward)
         dp_bytes = grads + gather
 
