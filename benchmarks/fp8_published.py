@@ -20,22 +20,16 @@ Target (issue 11): median |step time error| within 15%.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
-from pathlib import Path
 
+from published import TARGET, dgx_cluster, error_summary, report
 from shardplan.planner import get_model
-from shardplan.planner.cluster import parse_cluster
 from shardplan.planner.estimate import Training
 from shardplan.planner.evaluate import evaluate
 from shardplan.planner.layout import Layout
 from shardplan.planner.model import ModelSpec
 
-ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "benchmarks" / "results" / "fp8_published.json"
-TARGET = 0.15
 H100_2407 = "NeMo 24.07 DGX-H100 (NVIDIA/NeMo performance_summary.md @070a0bb)"
 B200_2502 = "NeMo 25.02 DGX-B200 (docs.nvidia.com NeMo performance summary)"
 GB200_2504 = "NeMo 25.04 DGX-GB200 (docs.nvidia.com NeMo performance summary, 25.04 archive)"
@@ -71,15 +65,9 @@ ROWS = (
 )
 
 
-def cluster_for(card: str, gpus: int):
-    """The published machine: DGX nodes of 8 (GB200/GB300: trays of 4 in NVL72 domains)."""
-    per_node = 4 if card.startswith("GB") else 8
-    return parse_cluster(f"{gpus // per_node}x{per_node}x{card}")
-
-
 def predict(row: tuple) -> dict:
     source, card, name, gpus, gbs, mbs, seq, tp, pp, cp, vp, published = row
-    cluster = cluster_for(card, gpus)
+    cluster = dgx_cluster(card, gpus)
     dp = gpus // (tp * pp * cp)
     layout = Layout(dp=dp, tp=tp, pp=pp, cp=cp, vpp=vp, zero_stage=1, micro_batch=mbs,
                     grad_accum=gbs // (mbs * dp), sequence_parallel=tp > 1)
@@ -93,33 +81,22 @@ def predict(row: tuple) -> dict:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--json", action="store_true", help="print the JSON instead of the table")
-    args = ap.parse_args()
     rows = [predict(r) for r in ROWS]
-    errors = [abs(r["error"]) for r in rows]
-    summary = {"points": len(rows), "median_abs_error": statistics.median(errors), "max_abs_error": max(errors),
-               "within_target": sum(e <= TARGET for e in errors), "target": TARGET}
+    summary = {**error_summary(rows), "target": TARGET}
     for card in ("H100-80GB", "B200", "GB200"):
         summary[f"median_abs_error_{card}"] = statistics.median(abs(r["error"]) for r in rows if r["gpu"] == card)
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps({"summary": summary, "rows": rows}, indent=1) + "\n")
-    if args.json:
-        print(json.dumps({"summary": summary, "rows": rows}, indent=1))
-        return 0
-    print(f"{'card':10}{'model':13}{'GPUs':>5}{'tp':>4}{'pp':>4}{'cp':>4}{'vp':>4} | {'published s':>11} "
-          f"{'predicted s':>11} {'error':>7} | {'model TF/s':>10} fits")
-    for r in rows:
-        lay = r["layout"]
-        print(f"{r['gpu']:10}{r['model']:13}{r['gpus']:>5}{lay['tp']:>4}{lay['pp']:>4}{lay['cp']:>4}{lay['vpp']:>4} | "
-              f"{r['measured_s']:>11.2f} {r['predicted_s']:>11.2f} {r['error']:>+7.1%} | "
-              f"{r['model_tflops_per_gpu']:>10,.0f} {'yes' if r['fits'] else 'NO'}")
-    print(f"step time: median |error| {summary['median_abs_error']:.1%} (H100 "
-          f"{summary['median_abs_error_H100-80GB']:.1%}, B200 {summary['median_abs_error_B200']:.1%}, GB200 "
-          f"{summary['median_abs_error_GB200']:.1%}), {summary['within_target']}/{len(rows)} within 15%, max "
-          f"{summary['max_abs_error']:.1%}")
-    print(f"wrote {OUT.relative_to(ROOT)}")
-    return 0
+    columns = [("card", -9, lambda r: r["gpu"]), ("model", -12, lambda r: r["model"]),
+               ("GPUs", 4, lambda r: str(r["gpus"]))]
+    columns += [(k, 3, lambda r, k=k: str(r["layout"][k])) for k in ("tp", "pp", "cp", "vpp")]
+    columns += [("|", 1, lambda r: "|"), ("published s", 11, lambda r: f"{r['measured_s']:.2f}"),
+                ("predicted s", 11, lambda r: f"{r['predicted_s']:.2f}"), ("error", 7, lambda r: f"{r['error']:+.1%}"),
+                ("|", 1, lambda r: "|"), ("model TF/s", 10, lambda r: f"{r['model_tflops_per_gpu']:,.0f}"),
+                ("fits", -4, lambda r: "yes" if r["fits"] else "NO")]
+    footer = (f"step time: median |error| {summary['median_abs_error']:.1%} (H100 "
+              f"{summary['median_abs_error_H100-80GB']:.1%}, B200 {summary['median_abs_error_B200']:.1%}, GB200 "
+              f"{summary['median_abs_error_GB200']:.1%}), {summary['within_15pct']}/{len(rows)} within 15%, max "
+              f"{summary['max_abs_error']:.1%}")
+    return report(__doc__, "fp8_published", rows, summary, columns, footer)
 
 
 if __name__ == "__main__":

@@ -18,12 +18,12 @@ Targets (issue 9): every iteration time within 15%, median within 10%; BLOOM fit
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
 from pathlib import Path
 
+from published import ROOT, error_summary, report
 from shardplan.planner.cluster import CATALOG, Cluster, GiB
 from shardplan.planner.engines import uneven_stages
 from shardplan.planner.estimate import Training
@@ -31,11 +31,9 @@ from shardplan.planner.evaluate import evaluate
 from shardplan.planner.layout import Layout
 from shardplan.planner.model import ModelSpec
 
-ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT.parent / "shared" / "reference" / "megatron_published_layouts.json"
-OUT = ROOT / "benchmarks" / "results" / "megatron_published.json"
 SELENE_INTER_NODE_GBPS = 25.0     # 8 x HDR 200 Gb/s per DGX A100 node = 25 GB/s per GPU
-TARGET, MEDIAN_TARGET = 0.15, 0.10
+MEDIAN_TARGET = 0.10
 
 
 def gpt(name: str, layers: int, hidden: int, heads: int, seq: int, vocab: int = 51200, ffn: int = 0) -> ModelSpec:
@@ -126,38 +124,27 @@ def predict(case: dict) -> dict:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--json", action="store_true", help="print the JSON instead of the table")
-    args = ap.parse_args()
     if not SOURCE.is_file():
         print(f"{SOURCE} not found: it sits in shared/reference next to the checkout", file=sys.stderr)
         return 2
     data = json.loads(SOURCE.read_text())
     cases = narayanan(data) + korthikanti(data) + [bloom(data)]
     rows = [predict(c) for c in cases]
-    timed = [r for r in rows if r["source"] != "BLOOM 176B"]
-    errors = [abs(r["error"]) for r in timed]
-    summary = {"points": len(timed), "within_15pct": sum(e <= TARGET for e in errors),
-               "median_abs_error": statistics.median(errors), "max_abs_error": max(errors),
+    summary = {**error_summary(r for r in rows if r["source"] != "BLOOM 176B"),
                "bloom_fits": all(r["fits"] for r in rows if r.get("must_fit"))}
-    OUT.write_text(json.dumps({"summary": summary, "rows": rows}, indent=1) + "\n")
-    if args.json:
-        print(json.dumps(summary, indent=1))
-        return 0
-    print(f"{'source':24} {'model':5} {'GPUs':>5} {'tp':>3} {'pp':>3} {'vpp':>3} {'dp':>4} | {'pred s':>7} "
-          f"{'meas s':>7} {'err':>7} | {'peak GiB':>8} fits")
-    for r in rows:
-        lay = r["layout"]
-        extra = (f"  activations {r['activations_gib']:.1f} vs {r['measured_activations_gib']:.1f} GiB "
-                 f"({r['activations_error']:+.0%})" if "activations_error" in r else "")
-        print(f"{r['source']:24} {r['name']:5} {r['gpus']:5d} {lay['tp']:3d} {lay['pp']:3d} {lay['vpp']:3d} "
-              f"{lay['dp']:4d} | {r['predicted_s']:7.2f} {r['measured_s']:7.2f} {r['error']:+7.1%} | "
-              f"{r['peak_gib']:8.1f} {'yes' if r['fits'] else 'NO'}{extra}")
-    print(f"step time: {summary['within_15pct']}/{summary['points']} within 15%, median |error| "
-          f"{summary['median_abs_error']:.1%}, max {summary['max_abs_error']:.1%} (targets: all within 15%, "
-          f"median <= 10%); BLOOM fits: {summary['bloom_fits']}")
-    print(f"wrote {OUT.relative_to(ROOT)}")
-    return 0
+    columns = [("source", -24, lambda r: r["source"]), ("model", -5, lambda r: r["name"]),
+               ("GPUs", 5, lambda r: str(r["gpus"]))]
+    columns += [(k, 3 if k != "dp" else 4, lambda r, k=k: str(r["layout"][k])) for k in ("tp", "pp", "vpp", "dp")]
+    columns += [("|", 1, lambda r: "|"), ("pred s", 7, lambda r: f"{r['predicted_s']:.2f}"),
+                ("meas s", 7, lambda r: f"{r['measured_s']:.2f}"), ("err", 7, lambda r: f"{r['error']:+.1%}"),
+                ("|", 1, lambda r: "|"), ("peak GiB", 8, lambda r: f"{r['peak_gib']:.1f}"),
+                ("fits", -4, lambda r: "yes" if r["fits"] else "NO"),
+                ("", 0, lambda r: (f" activations {r['activations_gib']:.1f} vs {r['measured_activations_gib']:.1f} "
+                                   f"GiB ({r['activations_error']:+.0%})" if "activations_error" in r else ""))]
+    footer = (f"step time: {summary['within_15pct']}/{summary['points']} within 15%, median |error| "
+              f"{summary['median_abs_error']:.1%}, max {summary['max_abs_error']:.1%} (targets: all within 15%, "
+              f"median <= {MEDIAN_TARGET:.0%}); BLOOM fits: {summary['bloom_fits']}")
+    return report(__doc__, "megatron_published", rows, summary, columns, footer)
 
 
 if __name__ == "__main__":

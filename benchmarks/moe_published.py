@@ -24,19 +24,15 @@ fp8_published.py. No accuracy target is claimed yet (issue 10 asks only that the
 """
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
 import sys
 
-from fp8_published import ROOT, cluster_for
+from published import dgx_cluster, error_summary, report
 from shardplan.planner import get_model
 from shardplan.planner.engines import uneven_stages
 from shardplan.planner.estimate import Training
 from shardplan.planner.evaluate import evaluate
 from shardplan.planner.layout import Layout
 
-OUT = ROOT / "benchmarks" / "results" / "moe_published.json"
 GB200_2504 = "NeMo 25.04 DGX-GB200 FP8 (docs.nvidia.com NeMo performance summary, 25.04 archive)"
 AUTOMODEL = "NeMo AutoModel DGX-H100 BF16, FSDP2 + DeepEP (docs.nvidia.com/nemo/automodel performance summary)"
 DSV3 = "DeepSeek-V3 technical report (arXiv 2412.19437): 180K H800 GPU-hours per trillion tokens"
@@ -66,7 +62,7 @@ def layout_for(row: tuple) -> Layout:
 def predict(row: tuple) -> dict:
     source, card, name, gpus, gbs, _, seq, *_, precision, _, published = row
     layout = layout_for(row)
-    est = evaluate(get_model(name), cluster_for(card, gpus), layout,
+    est = evaluate(get_model(name), dgx_cluster(card, gpus), layout,
                    Training(seq_len=seq, global_batch=gbs, precision=precision, engine="megatron"), headroom=0.0)
     measured = gbs * seq / (published * gpus)
     return {"source": source, "gpu": card, "model": name, "gpus": gpus, "layout": layout.to_dict(), "seq": seq,
@@ -77,31 +73,19 @@ def predict(row: tuple) -> dict:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--json", action="store_true", help="print the JSON instead of the table")
-    args = ap.parse_args()
     rows = [predict(r) for r in ROWS]
-    errors = [abs(r["error"]) for r in rows]
-    summary = {"points": len(rows), "median_abs_error": statistics.median(errors), "max_abs_error": max(errors),
-               "within_15pct": sum(e <= 0.15 for e in errors),
-               "fit": sum(r["fits"] for r in rows)}
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps({"summary": summary, "rows": rows}, indent=1) + "\n")
-    if args.json:
-        print(json.dumps({"summary": summary, "rows": rows}, indent=1))
-        return 0
-    print(f"{'card':10}{'model':15}{'GPUs':>5}{'tp':>3}{'pp':>3}{'cp':>3}{'vp':>3}{'ep':>4} {'prec':5}| "
-          f"{'published s':>11} {'predicted s':>11} {'error':>7} | {'a2a s':>6} {'peak GiB':>8} fits")
-    for r in rows:
-        lay = r["layout"]
-        print(f"{r['gpu']:10}{r['model']:15}{r['gpus']:>5}{lay['tp']:>3}{lay['pp']:>3}{lay['cp']:>3}{lay['vpp']:>3}"
-              f"{lay['ep']:>4} {r['precision']:5}| {r['measured_s']:>11.2f} {r['predicted_s']:>11.2f} "
-              f"{r['error']:>+7.1%} | {r['time']['ep_comm_s']:>6.2f} {r['peak_gib']:>8.1f} "
-              f"{'yes' if r['fits'] else 'NO'}")
-    print(f"step time: median |error| {summary['median_abs_error']:.1%}, {summary['within_15pct']}/{len(rows)} "
-          f"within 15%, max {summary['max_abs_error']:.1%}; {summary['fit']}/{len(rows)} fit")
-    print(f"wrote {OUT.relative_to(ROOT)}")
-    return 0
+    summary = {**error_summary(rows), "fit": sum(r["fits"] for r in rows)}
+    columns = [("card", -9, lambda r: r["gpu"]), ("model", -14, lambda r: r["model"]),
+               ("GPUs", 4, lambda r: str(r["gpus"]))]
+    columns += [(k, 3, lambda r, k=k: str(r["layout"][k])) for k in ("tp", "pp", "cp", "vpp", "ep")]
+    columns += [("prec", -4, lambda r: r["precision"]), ("|", 1, lambda r: "|"),
+                ("published s", 11, lambda r: f"{r['measured_s']:.2f}"),
+                ("predicted s", 11, lambda r: f"{r['predicted_s']:.2f}"), ("error", 7, lambda r: f"{r['error']:+.1%}"),
+                ("|", 1, lambda r: "|"), ("a2a s", 6, lambda r: f"{r['time']['ep_comm_s']:.2f}"),
+                ("peak GiB", 8, lambda r: f"{r['peak_gib']:.1f}"), ("fits", -4, lambda r: "yes" if r["fits"] else "NO")]
+    footer = (f"step time: median |error| {summary['median_abs_error']:.1%}, {summary['within_15pct']}/{len(rows)} "
+              f"within 15%, max {summary['max_abs_error']:.1%}; {summary['fit']}/{len(rows)} fit")
+    return report(__doc__, "moe_published", rows, summary, columns, footer)
 
 
 if __name__ == "__main__":
