@@ -48,7 +48,8 @@ TENSOR_OP_S = 12e-6        # one plain tensor call outside autograd (optimizer l
 # DeepSpeed host work per parameter tensor per step, in plain tensor calls, read off the code paths:
 #   ZeRO-0 FP16_UnfusedOptimizer.step: has_inf_or_nan (amax, amin, 2 isfinite, and, not; bool() syncs),
 #     get_weight_norm (float, norm, pow, add), upcast, unscale, downcast copy = 13 calls + 1 sync
-#   ZeRO-3 adds the per-module pre/post forward/backward fetch + release coordinator (~32) to ZeRO-1/2's 10
+#   ZeRO-3 adds the per-module pre/post forward/backward fetch + release coordinator (~32) to ZeRO-1/2's 10;
+#     its hooks fire in every micro-batch's forward and backward, so ZeRO-3 pays them per micro-batch
 DS_OPS_PER_TENSOR = {0: 13, 3: 42}
 DS_FIXED_S = {0: 0.0, 1: 0.02, 2: 0.02, 3: 0.02}   # ZeRO engine bookkeeping per step (calibrated, 124M)
 VIEW_OP_S = 2e-6           # a narrow/view/.data rebind or a hook's Python bookkeeping: no device dispatch
@@ -76,6 +77,11 @@ ADAMW_FOREACH_BYTES = 84
 ADAMW_FUSED_BYTES = 28     # torch fused AdamW: read p, g, m, v; write p, m, v (fp32)
 UNFUSED_EXTRA_BYTES = 34   # ZeRO-0 per-tensor: amax+amin 4, norm 10, upcast 6, unscale 8, downcast 6
 ZERO3_EXTRA_BYTES = 28     # ZeRO-3 flat: flatten 4, upcast 6, norm 4, unscale 8, downcast 6
+# ZeRO-3 gradient path per micro-batch, even at dp = 1 (stage3.py __add_grad_to_ipg_bucket,
+# __avg_scatter_contiguous_grads, partition_grads): copy into the IPG bucket (2+2), div_ by the dp size (2+2),
+# cast to the fp32 accumulation dtype (2+4), copy_/add_ into the fp32 partition (4+4, 4+4+4 when accumulating);
+# step(): has_overflow runs isinf().any() and isnan().any() over the flat fp32 grads (2 x (4+1+1))
+ZERO3_BWD_BYTES, ZERO3_ACCUM_EXTRA_BYTES, ZERO3_OVERFLOW_BYTES = 22, 4, 12
 # ZeRO-1/2 bf16 gradient path (stage_1_and_2.py): every stage parameter's grad is copied into the IPG bucket
 # (2+2) and divided in place by the dp size in average_tensor (2+2), even at dp=1; the local share is copied
 # into grads_in_partition (2+2)
@@ -143,21 +149,24 @@ def estimate_time(model: ModelSpec, cluster: Cluster, layout: Layout, training: 
         if layout.offload != "none":
             offload_s = local / CPU_ADAM_PARAMS_PER_S + 6 * local / (PCIE_GBPS * 1e9)
     else:
-        ds_host = (DS_FIXED_S[z] + tensors * DS_OPS_PER_TENSOR[z] * TENSOR_OP_S) * hs
+        passes = m if z == 3 else 1     # ZeRO-3's fetch/release and grad hooks run in every micro-batch
+        ds_host = (DS_FIXED_S[z] + passes * tensors * DS_OPS_PER_TENSOR[z] * TENSOR_OP_S) * hs
         if layout.offload != "none":
             offload_s = local / CPU_ADAM_PARAMS_PER_S + 6 * local / (PCIE_GBPS * 1e9)
             opt_gpu = 0.0
         elif z == 0:
             opt_gpu = shape.params * (adamw_bytes + UNFUSED_EXTRA_BYTES) / bw
         else:
-            opt_gpu = local * (adamw_bytes + ZERO3_EXTRA_BYTES) / bw
+            opt_gpu = local * (adamw_bytes + ZERO3_EXTRA_BYTES + ZERO3_OVERFLOW_BYTES) / bw
+            zero_gpu = (m * shape.params * ZERO3_BWD_BYTES + (m - 1) * local * ZERO3_ACCUM_EXTRA_BYTES) / bw
         opt_host_serial = 0.0
         if z == 0:   # per-tensor .item() syncs: the step's host work cannot overlap the GPU
             opt_host_serial, ds_host = ds_host + tensors * SYNC_S * hs, tensors * _calls(ZERO0_ALLREDUCE_OPS) * hs
             zero_gpu = shape.params * ZERO0_ALLREDUCE_BYTES / bw
-    # forward/backward + ZeRO host work race the GPU; what does not hide is a share of the shorter one
+    # forward/backward + ZeRO host work race the GPU; what does not hide is a share of the shorter one.
+    # ZeRO-3's step() starts with has_overflow's .item(), which waits for the backward: its optimizer runs after
     host = host_fb + ds_host
-    overlapped_opt = opt_gpu if (z == 3 or engine == "torch") else 0.0
+    overlapped_opt = opt_gpu if engine == "torch" else 0.0
     device = gpu_fb + overlapped_opt + zero_gpu
     race = max(host, device) + OVERLAP_LEFT * min(host, device)
     compute_s = gpu_fb

@@ -85,6 +85,29 @@ def test_zero3_on_one_gpu_is_slower_than_zero2():
     assert step(small, h200, dp=1, zero_stage=3).step_s > 1.3 * step(small, h200, dp=1, zero_stage=2).step_s
 
 
+def test_zero3_hooks_repeat_every_micro_batch():
+    """stage3's fetch/release and gradient hooks fire in each micro-batch's forward and backward: on one host-bound
+    GPU, three more micro-batches cost at least three more rounds of per-tensor hook work."""
+    from shardplan.planner.timing import DS_OPS_PER_TENSOR, TENSOR_OP_S, n_param_tensors
+    small = ModelSpec("gpt2", "gpt2", 12, 768, 12, 12, 3072, 50304, 1024, True)
+    h200 = Cluster(1, 1, CATALOG["H200"])
+    one, four = (step(small, h200, dp=1, zero_stage=3, grad_accum=m).step_s for m in (1, 4))
+    hooks = n_param_tensors(small, 12, True, True) * DS_OPS_PER_TENSOR[3] * TENSOR_OP_S
+    assert four - one > 3 * hooks
+
+
+def test_zero3_optimizer_runs_after_the_overflow_sync():
+    """stage3.step() begins with has_overflow's .item(): the optimizer's HBM traffic cannot hide behind the
+    forward/backward host work, so a cheaper optimizer (fused AdamW, 28 instead of 84 B/param) saves all of it."""
+    from shardplan.planner.timing import ADAMW_FOREACH_BYTES, ADAMW_FUSED_BYTES
+    small = ModelSpec("gpt2", "gpt2", 12, 768, 12, 12, 3072, 50304, 1024, True)
+    h200 = Cluster(1, 1, CATALOG["H200"])
+    foreach, fused = (step(small, h200, Training(seq_len=1024, fused_step=f), dp=1, zero_stage=3).step_s
+                      for f in (False, True))
+    bw = h200.gpu.hbm_gbps * 1e9 * h200.gpu.hbm_efficiency
+    assert foreach - fused == pytest.approx(small.params * (ADAMW_FOREACH_BYTES - ADAMW_FUSED_BYTES) / bw, rel=1e-6)
+
+
 def test_zero2_step_counts_deepspeed_gradient_path_bytes():
     """stage_1_and_2.py at dp=1 still copies every grad into the IPG bucket, divides it, copies it into the
     partition, checks overflow, takes a float64 norm, flattens, upcasts, clips, steps and downcasts."""
