@@ -19,6 +19,7 @@ from shardplan.launch.render.megatron import megatron_refusal
 from shardplan.cli import main
 from shardplan.launch.commands import SLURM_RENDEZVOUS_TIMEOUT_S, RunSpec, deepspeed_command, torchrun_command
 from shardplan.launch.render.ds_config import Schedule
+from shardplan.launch.run.preflight import free_port
 from shardplan.launch.render.artifacts import RenderError, RenderOptions, render, render_files
 from shardplan.launch.validate import validate_config
 from shardplan.planner import Layout, Training, evaluate, get_cluster, get_model
@@ -337,7 +338,7 @@ def test_rendered_ds_config_initialises_a_real_deepspeed_engine(tmp_path, layout
     (tmp_path / "ds_config.json").write_text(files["ds_config.json"])
     (tmp_path / "engine.py").write_text(ENGINE_SCRIPT)
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
-           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29517", "OMP_NUM_THREADS": "1"}
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, str(tmp_path / "engine.py"), str(tmp_path / "ds_config.json")],
                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert out.returncode == 0 and "ENGINE OK" in out.stdout, out.stdout[-3000:] + out.stderr[-3000:]
