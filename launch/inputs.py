@@ -177,13 +177,16 @@ def _keys(d, what: str, known) -> dict:
     return out
 
 
+ENGINE_OPTIONS = ("attention", "overlap_grad_reduce", "tp_backward_overlap")   # --batch "training" keys
+
+
 def resolve_request(request, opts: dict, layout_opts: dict, cache: dict):
     """One --batch line -> (model, cluster, training, headroom, layout); the flags fill what the line omits."""
     request = _keys(request, "request", ("model", "cluster", "engine", "layout", "overrides", "training"))
     overrides = _keys(request.get("overrides", {}), "overrides", MODEL_OVERRIDES + CLUSTER_OVERRIDES)
     training = _keys(request.get("training", {}), "training",
                      ("seq", "global_batch", "global_batch_tokens", "precision", "headroom", "engine", "zero_buckets",
-                      "mfu_peak"))
+                      "mfu_peak") + ENGINE_OPTIONS)
     layout = _keys(request.get("layout", {}), "layout", LAYOUT_FLAGS)
     name = request.get("model", opts.get("model"))
     model_over = {k: overrides.get(k, opts.get(k)) for k in MODEL_OVERRIDES}
@@ -202,6 +205,8 @@ def resolve_request(request, opts: dict, layout_opts: dict, cache: dict):
                            request.get("engine", opts.get("engine")) or "deepspeed")
     # who ran the step and which ZeRO buckets it used (measured lines: plain PyTorch, DeepSpeed's defaults)
     built = dataclasses.replace(built, **{k: training[k] for k in ("engine", "zero_buckets") if k in training})
+    # how the Megatron version that ran attended and overlapped (planner/estimate.py Training)
+    built = dataclasses.replace(built, **{k: training[k] for k in ENGINE_OPTIONS if k in training})
     if training.get("mfu_peak", opts.get("mfu_peak")):
         built = dataclasses.replace(built, mfu_peak=training.get("mfu_peak", opts.get("mfu_peak")))
     headroom = parse_headroom(training.get("headroom", opts.get("headroom", "10%")))

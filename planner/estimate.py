@@ -70,6 +70,9 @@ class Training:
         if self.attention == "unfused" and self.engine != "megatron":
             raise ValueError("attention('unfused') is Megatron's --attention-backend unfused; shardplan's DeepSpeed "
                              "program runs flash attention (SDPA): use --engine megatron")
+        for name in ("overlap_grad_reduce", "tp_backward_overlap"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}({getattr(self, name)!r}) must be true or false")
         if self.grad_accum_dtype not in ("model", "fp32"):
             raise ValueError(f"grad_accum_dtype({self.grad_accum_dtype!r}) must be 'model' or 'fp32'")
         if self.mfu_peak not in ("auto",) + MFU_PEAKS:

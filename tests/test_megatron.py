@@ -96,6 +96,15 @@ def test_communication_overlap_options_expose_what_the_engine_did_not_hide():
     assert after.time.tp_comm_s == core.time.tp_comm_s
     assert sync_tp.time.tp_comm_s > 1.2 * core.time.tp_comm_s           # 4 more activation all-reduces per layer
     assert sync_tp.step_time_s > core.step_time_s and after.step_time_s > core.step_time_s
+    lines = [{"model": "megatron-gpt-18b", "cluster": "4x8xA100-80GB", "engine": "megatron",
+              "layout": {"dp": 4, "tp": 8, "micro_batch": 2, "grad_accum": 4, "checkpointing": "full"},
+              "training": {"seq": 2048, "global_batch": 32, "precision": "fp16", **extra}}
+             for extra in ({}, {"tp_backward_overlap": False, "overlap_grad_reduce": False, "attention": "unfused"},
+                           {"overlap_grad_reduce": "no"})]
+    out = CliRunner().invoke(main, ["estimate", "--batch", "-"], input="\n".join(json.dumps(x) for x in lines))
+    now, old, bad = (json.loads(line) for line in out.stdout.splitlines())
+    assert out.exit_code == 2 and "overlap_grad_reduce('no') must be true or false" in bad["error"]
+    assert old["step_time_s"] > now["step_time_s"] and now["step_time_s"] == pytest.approx(core.step_time_s)
     one = Layout(dp=32, micro_batch=1, grad_accum=1, checkpointing="full")
     assert (evaluate(model, cluster, one, Training(**{**t.__dict__, "tp_backward_overlap": False})).step_time_s
             == evaluate(model, cluster, one, t).step_time_s)          # no tensor parallelism, nothing changes

@@ -166,6 +166,8 @@ def estimate(batch_file, calibration, **opts):
       "layout": {"zero": 2, "micro_batch": 16, "grad_accum": 1},
       "overrides": {"layers": 24}, "training": {"seq": 1024, "precision": "bf16"}}
     Keys use the flags' names (dashes or underscores); what a line leaves out comes from the flags.
+    For the Megatron engine "training" may also say how the Megatron-LM that ran attended and
+    overlapped: "attention": "unfused", "overlap_grad_reduce": false, "tp_backward_overlap": false.
     A bad line prints {"error": ..., "line": N}; the exit code is then 2, after every line.
     """
     layout_opts = {k: opts.pop(k) for k in LAYOUT_FLAGS}
