@@ -37,6 +37,11 @@ class GPUType:
     # GPUs that share one NVLink (or xGMI) domain at nvlink_gbps: 0 means the node (an HGX board); 72 on GB200/
     # GB300 NVL72, whose 18 trays of 4 GPUs are one NVLink switch fabric. Cluster.nvlink_domain applies it.
     nvlink_domain: int = 0
+    # Streaming multiprocessors (AMD: compute units), datasheets: the GEMM model's wave quantization needs them
+    # (0: estimated from the bf16 peak). arch_major: the CUDA compute capability's major version (Megatron-LM
+    # asks it: get_device_arch_version), 0 where the card is not NVIDIA.
+    sm_count: int = 0
+    arch_major: int = 0
 
     def __post_init__(self) -> None:
         for f in ("memory_bytes", "bf16_tflops", "fp16_tflops", "fp32_tflops", "hbm_gbps", "nvlink_gbps"):
@@ -49,7 +54,7 @@ class GPUType:
             raise ValueError(f"GPU {self.name}: hbm_efficiency({self.hbm_efficiency!r}) must be in (0, 1]")
         if not self.host_overhead > 0:
             raise ValueError(f"GPU {self.name}: host_overhead({self.host_overhead!r}) must be positive")
-        for f in ("fp8_tflops", "fp4_tflops", "nvlink_domain"):
+        for f in ("fp8_tflops", "fp4_tflops", "nvlink_domain", "sm_count", "arch_major"):
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
                 raise ValueError(f"GPU {self.name}: {f}({v!r}) must be a number >= 0")
@@ -171,59 +176,70 @@ def _card(name: str, mib: int, bf16: float, fp16: float, fp32: float, hbm: float
 # (DESIGN.md, calibration); the other cards keep the unmeasured default.
 _CARDS = (
     # NVIDIA H100 SXM5 datasheet: 989 bf16/fp16, 1979 fp8, 67 fp32, HBM3 3.35 TB/s, NVLink4 900 GB/s bidirectional.
-    _card("H100-80GB", 81089, 989.0, 989.0, 67.0, 3350.0, 450.0, matmul_efficiency=0.81, fp8_tflops=1979.0),
+    _card("H100-80GB", 81089, 989.0, 989.0, 67.0, 3350.0, 450.0, matmul_efficiency=0.81, fp8_tflops=1979.0,
+          sm_count=132, arch_major=9),
     # NVIDIA H100 PCIe datasheet: 756 bf16/fp16, 1513 fp8, 51 fp32, HBM2e 2.0 TB/s, PCIe Gen5 x16.
-    _card("H100-PCIe", 81008, 756.0, 756.0, 51.0, 2000.0, 64.0, matmul_efficiency=0.81, fp8_tflops=1513.0),
+    _card("H100-PCIe", 81008, 756.0, 756.0, 51.0, 2000.0, 64.0, matmul_efficiency=0.81, fp8_tflops=1513.0,
+          sm_count=114, arch_major=9),
     # NVIDIA H200 SXM datasheet: H100 compute, 141 GB HBM3e 4.8 TB/s, NVLink4 (torch OOM: "139.81 GiB").
-    _card("H200", 143165, 989.0, 989.0, 67.0, 4800.0, 450.0, matmul_efficiency=0.81, fp8_tflops=1979.0),
+    _card("H200", 143165, 989.0, 989.0, 67.0, 4800.0, 450.0, matmul_efficiency=0.81, fp8_tflops=1979.0,
+          sm_count=132, arch_major=9),
     # NVIDIA GH200 datasheet (96 GB HBM3 version): H100 compute, 4.0 TB/s, NVLink4. Memory est. (smi 97871).
-    _card("GH200", 97400, 989.0, 989.0, 67.0, 4000.0, 450.0, matmul_efficiency=0.81, fp8_tflops=1979.0),
+    _card("GH200", 97400, 989.0, 989.0, 67.0, 4000.0, 450.0, matmul_efficiency=0.81, fp8_tflops=1979.0,
+          sm_count=132, arch_major=9),
     # H800 SXM5 (NVIDIA's export variant; DeepSeek-V3 report sec. 3.1): H100 SXM compute and HBM3, NVLink cut to
     # 400 GB/s bidirectional. Memory est. as the H100's.
-    _card("H800", 81089, 989.0, 989.0, 67.0, 3350.0, 200.0, matmul_efficiency=0.81, fp8_tflops=1979.0),
+    _card("H800", 81089, 989.0, 989.0, 67.0, 3350.0, 200.0, matmul_efficiency=0.81, fp8_tflops=1979.0,
+          sm_count=132, arch_major=9),
     # H20 (NVIDIA HGX H20 product brief): 148 bf16, 296 fp8, 44 fp32 dense; 96 GB HBM3 4.0 TB/s; NVLink4 900
     # bidirectional. Memory est. (smi 97871).
-    _card("H20", 97400, 148.0, 148.0, 44.0, 4000.0, 450.0, matmul_efficiency=0.81, fp8_tflops=296.0),
+    _card("H20", 97400, 148.0, 148.0, 44.0, 4000.0, 450.0, matmul_efficiency=0.81, fp8_tflops=296.0,
+          sm_count=78, arch_major=9),
     # NVIDIA HGX B200 datasheet, per GPU (8-GPU board / 8): 2.25 PF bf16, 4.5 PF fp8, 9 PF fp4 dense (half the
     # sparse figures), 75 fp32; 180 GB HBM3e 8 TB/s; NVLink5 1.8 TB/s bidirectional. Memory est. (smi 183359).
-    _card("B200", 182900, 2250.0, 2250.0, 75.0, 8000.0, 900.0, fp8_tflops=4500.0, fp4_tflops=9000.0, mxfp8=True),
+    _card("B200", 182900, 2250.0, 2250.0, 75.0, 8000.0, 900.0, fp8_tflops=4500.0, fp4_tflops=9000.0, mxfp8=True,
+          sm_count=148, arch_major=10),
     # NVIDIA HGX B300 datasheet, per GPU: 2.25 PF bf16, 4.5 PF fp8, 13.5 PF fp4 dense (Blackwell Ultra), 75 fp32;
     # 288 GB HBM3e 8 TB/s; NVLink5. Memory est. (the datasheet's GB less torch's usual ~1.5%).
-    _card("B300", 270900, 2250.0, 2250.0, 75.0, 8000.0, 900.0, fp8_tflops=4500.0, fp4_tflops=13500.0, mxfp8=True),
+    _card("B300", 270900, 2250.0, 2250.0, 75.0, 8000.0, 900.0, fp8_tflops=4500.0, fp4_tflops=13500.0, mxfp8=True,
+          sm_count=160, arch_major=10),
     # NVIDIA GB200 NVL72 datasheet, per GPU (rack / 72): 180 PF bf16, 360 PF fp8, 720 PF fp4 dense, 5760 TF fp32;
     # 186 GB HBM3e 8 TB/s; NVLink5 1.8 TB/s bidirectional to all 72 GPUs (18 trays of 4). Memory est. (smi 189471).
     _card("GB200", 189000, 2500.0, 2500.0, 80.0, 8000.0, 900.0, fp8_tflops=5000.0, fp4_tflops=10000.0, mxfp8=True,
-          nvlink_domain=72),
+          nvlink_domain=72, sm_count=148, arch_major=10),
     # NVIDIA GB300 NVL72 datasheet, per GPU: 360 PF bf16 and 720 PF fp8 sparse (2.5 / 5 PF dense), 1080 PF fp4 dense,
     # 6 PF fp32 per rack; 288 GB HBM3e 8 TB/s; NVLink5, 72 GPUs per domain. Memory est. as the B300's.
     _card("GB300", 270900, 2500.0, 2500.0, 83.0, 8000.0, 900.0, fp8_tflops=5000.0, fp4_tflops=15000.0, mxfp8=True,
-          nvlink_domain=72),
+          nvlink_domain=72, sm_count=160, arch_major=10),
     # NVIDIA A100 datasheet: 312 bf16/fp16, 19.5 fp32; 80 GB HBM2e 2039 GB/s, 40 GB 1555 GB/s; NVLink3 600 bidir.
-    _card("A100-80GB", 81152, 312.0, 312.0, 19.5, 2039.0, 300.0),  # torch OOM: "79.25 GiB total capacity"
-    _card("A100-40GB", 40536, 312.0, 312.0, 19.5, 1555.0, 300.0),
+    _card("A100-80GB", 81152, 312.0, 312.0, 19.5, 2039.0, 300.0,
+          sm_count=108, arch_major=8),  # torch OOM: "79.25 GiB total capacity"
+    _card("A100-40GB", 40536, 312.0, 312.0, 19.5, 1555.0, 300.0, sm_count=108, arch_major=8),
     # NVIDIA V100 SXM2 datasheet: 125 fp16 tensor, 15.7 fp32, HBM2 900 GB/s, NVLink2 300 GB/s bidir; no bf16.
-    _card("V100-32GB", 32510, 15.7, 125.0, 15.7, 900.0, 150.0, bf16_native=False),  # est.
-    _card("V100-16GB", 16160, 15.7, 125.0, 15.7, 900.0, 150.0, bf16_native=False),
+    _card("V100-32GB", 32510, 15.7, 125.0, 15.7, 900.0, 150.0, bf16_native=False, sm_count=80, arch_major=7),  # est.
+    _card("V100-16GB", 16160, 15.7, 125.0, 15.7, 900.0, 150.0, bf16_native=False, sm_count=80, arch_major=7),
     # NVIDIA T4 datasheet: 65 fp16 tensor, 8.1 fp32, GDDR6 320 GB/s, PCIe Gen3 x16; no bf16.
-    _card("T4", 15109, 8.1, 65.0, 8.1, 320.0, 16.0, bf16_native=False),
+    _card("T4", 15109, 8.1, 65.0, 8.1, 320.0, 16.0, bf16_native=False, sm_count=40, arch_major=7),
     # NVIDIA L4 datasheet: 121 bf16/fp16 dense (242 sparse), 30.3 fp32, GDDR6 300 GB/s, PCIe Gen4. est. (smi 23034)
-    _card("L4", 22580, 121.0, 121.0, 30.3, 300.0, 32.0, fp8_tflops=242.5),   # fp8: 242.5 dense (485 sparse)
+    _card("L4", 22580, 121.0, 121.0, 30.3, 300.0, 32.0, fp8_tflops=242.5,
+          sm_count=58, arch_major=8),   # fp8: 242.5 dense (485 sparse)
     # NVIDIA L40S datasheet: 362 bf16/fp16 dense (733 sparse), 91.6 fp32, GDDR6 864 GB/s, PCIe Gen4.
-    _card("L40S", 45589, 362.0, 362.0, 91.6, 864.0, 32.0, fp8_tflops=733.0),  # fp8: 733 dense (1466 sparse)
+    _card("L40S", 45589, 362.0, 362.0, 91.6, 864.0, 32.0, fp8_tflops=733.0,
+          sm_count=142, arch_major=8),  # fp8: 733 dense (1466 sparse)
     # AWS's A10 variant (Baseten, "NVIDIA A10 vs A10G"): 70 bf16/fp16 tensor, 35 fp32, 600 GB/s, PCIe Gen4.
-    _card("A10G", 22587, 70.0, 70.0, 35.0, 600.0, 32.0),
+    _card("A10G", 22587, 70.0, 70.0, 35.0, 600.0, 32.0, sm_count=72, arch_major=8),
     # NVIDIA Ada whitepaper, RTX 4090: 165 bf16/fp16 with fp32 accumulate, 82.6 fp32, 1008 GB/s, PCIe Gen4, no P2P.
-    _card("RTX-4090", 24563, 165.2, 165.2, 82.6, 1008.0, 32.0),
+    _card("RTX-4090", 24563, 165.2, 165.2, 82.6, 1008.0, 32.0, sm_count=128, arch_major=8),
     # AMD MI250X datasheet, per GCD (half the OAM): 191.5 bf16/fp16, 23.9 fp32 vector, 1.64 TB/s; link nominal.
-    _card("MI250X", 65520, 191.5, 191.5, 23.9, 1638.0, 100.0),
+    _card("MI250X", 65520, 191.5, 191.5, 23.9, 1638.0, 100.0, sm_count=110),
     # AMD MI300X datasheet: 1307 bf16/fp16 dense, 2614.9 fp8, 163.4 fp32, HBM3 5.3 TB/s, Infinity Fabric 896 GB/s bidir.
-    _card("MI300X", 196592, 1307.4, 1307.4, 163.4, 5300.0, 448.0, fp8_tflops=2614.9),
+    _card("MI300X", 196592, 1307.4, 1307.4, 163.4, 5300.0, 448.0, fp8_tflops=2614.9, sm_count=304),
     # AMD MI325X datasheet: MI300X compute (1307.4 bf16, 2614.9 fp8 dense, 163.4 fp32), 256 GB HBM3E 6 TB/s,
     # Infinity Fabric 896 GB/s bidir (8 per platform). Memory est. (the MI300X's 192 GB reported as 196592 MiB).
-    _card("MI325X", 262128, 1307.4, 1307.4, 163.4, 6000.0, 448.0, fp8_tflops=2614.9),
+    _card("MI325X", 262128, 1307.4, 1307.4, 163.4, 6000.0, 448.0, fp8_tflops=2614.9, sm_count=304),
     # AMD MI355X datasheet: 2516.6 bf16, 5033.2 fp8, 10066.3 fp4 (MXFP4) dense, 157.3 fp32 vector; 288 GB HBM3E
     # 8 TB/s; 7 Infinity Fabric links of 153.6 GB/s (1075 bidir). Memory est. (MI300X's ratio of reported to nominal).
-    _card("MI355X", 294888, 2516.6, 2516.6, 157.3, 8000.0, 537.6, fp8_tflops=5033.2, fp4_tflops=10066.3),
+    _card("MI355X", 294888, 2516.6, 2516.6, 157.3, 8000.0, 537.6, fp8_tflops=5033.2, fp4_tflops=10066.3, sm_count=256),
     # CPU processes (gloo) for runs without a GPU: nominal figures, a few GB and ~0.2 TFLOP/s per process.
     _card("CPU", 4096, 0.2, 0.2, 0.2, 20.0, 5.0, matmul_efficiency=1.0),
 )

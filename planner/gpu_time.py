@@ -26,17 +26,10 @@ FLASH_EFFICIENCY = 0.3          # FlashAttention-2 share of the dense peak at he
 KERNEL_GPU_S = 3e-6             # the smallest kernel's time on the GPU (launch + ramp)
 
 
-@lru_cache(maxsize=8192)
 def sm_count(gpu: GPUType) -> int:
-    """Streaming multiprocessors (datasheets): wave quantization needs it; ~1 SM per 7.5 dense TFLOP/s."""
-    name = gpu.name.upper()
-    for prefix, sms in (("H100-PCIE", 114), ("H200", 132), ("H20", 78), ("H", 132), ("GH", 132), ("A100", 108), ("B300", 160),
-                        ("GB300", 160), ("GB", 148), ("B", 148), ("MI300", 304), ("MI325", 304), ("MI355", 256),
-                        ("MI250", 110), ("V100", 80), ("L40", 142), ("L4", 58), ("T4", 40), ("A10", 72),
-                        ("RTX-4090", 128)):
-        if name.startswith(prefix):
-            return sms
-    return max(1, round(gpu.bf16_tflops / 7.5))
+    """Streaming multiprocessors (the catalog's, from datasheets): wave quantization needs them; a card
+    without the figure gets ~1 SM per 7.5 dense bf16 TFLOP/s."""
+    return gpu.sm_count or max(1, round(gpu.bf16_tflops / 7.5))
 
 
 def _wave_efficiency(m: int, n: int, sms: int) -> float:

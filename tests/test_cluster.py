@@ -153,3 +153,16 @@ def test_the_nvlink_domain_spans_trays_on_nvl72_and_is_the_node_elsewhere():
     assert Cluster.from_dict(rack.to_dict()) == rack
     with pytest.raises(ValueError, match=r"--nvlink-domain\(6\) must be a whole number of nodes"):
         two.with_overrides(nvlink_domain=6)
+
+
+def test_every_catalog_card_knows_its_sms_and_nvidia_cards_their_compute_capability():
+    """The GEMM model's wave quantization and Megatron-LM's architecture checks read these from the catalog."""
+    from shardplan.launch.validate.megatron import arch_major
+    from shardplan.planner.gpu_time import sm_count
+    for name, gpu in CATALOG.items():
+        if name != "CPU":
+            assert gpu.sm_count > 0, name
+        if not name.startswith("MI") and name != "CPU":
+            assert gpu.arch_major in (7, 8, 9, 10), name
+    assert [arch_major(n) for n in ("A100-80GB", "H100-80GB", "B200", "GB300", "MI300X")] == [8, 9, 10, 10, 9]
+    assert sm_count(CATALOG["H100-PCIe"]) == 114 and sm_count(CATALOG["CPU"]) == 1

@@ -17,12 +17,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import rundir
+from shardplan.planner.cluster import find_gpu
 
-# Compute capability major of each catalog card (NVIDIA's CUDA GPUs table); AMD cards answer 9 (Hopper-like
-# checks), the CPU stand-in too.
-ARCH_MAJOR = {"V100": 7, "T4": 7, "A100": 8, "A10G": 8, "L4": 8, "L40S": 8, "RTX-4090": 8, "H100": 9, "H200": 9,
-              "GH200": 9, "H800": 9, "H20": 9, "B200": 10, "B300": 10, "GB200": 10, "GB300": 10}
+from .. import rundir
 
 RUNNER = r"""
 import json, sys, types
@@ -80,10 +77,10 @@ class MegatronCheck:
 
 
 def arch_major(gpu_name: str) -> int:
-    for prefix, major in sorted(ARCH_MAJOR.items(), key=lambda kv: -len(kv[0])):
-        if gpu_name.upper().startswith(prefix.upper()):
-            return major
-    return 9
+    """The compute capability Megatron-LM's get_device_arch_version would report on the plan's card (the
+    catalog's arch_major; Hopper's 9 for a card the catalog does not know or that is not NVIDIA's)."""
+    gpu = find_gpu(gpu_name)
+    return (gpu.arch_major if gpu else 0) or 9
 
 
 def megatron_arguments(script: Path) -> tuple[list[str], dict[str, str]]:
