@@ -264,10 +264,11 @@ def test_launch_points_a_megatron_run_directory_at_its_script(megatron_runs):
 
 
 def test_render_for_shardplans_program_refuses_what_it_does_not_run(tmp_path):
-    out = CliRunner().invoke(main, ["render", "--model", "gpt2-tiny", "--cluster", "2xCPU", "--cp", "2",
+    out = CliRunner().invoke(main, ["render", "--model", "gpt2-tiny", "--cluster", "4xCPU", "--cp", "2", "--tp", "2",
                                     "--out", str(tmp_path / "run")])
     assert out.exit_code == 2, out.output
-    assert "does not run context parallelism (cp 2)" in out.output and "--engine megatron" in out.output
+    assert "does not run context parallelism (cp 2, DeepSpeed-Ulysses) with tensor parallelism (tp 2)" in out.output
+    assert "--engine megatron" in out.output
     assert not (tmp_path / "run").exists()
 
 

@@ -16,14 +16,14 @@ TINY_PARAMS = 512 * 64 + 64 * 64 + 2 * (64 * 192 + 192 + 64 * 64 + 64 + 2 * 64 *
 
 def make_run_dir(path: Path, dp=1, tp=1, pp=1, zero=0, micro=4, accum=1, seq_len=32, checkpointing="none",
                  model: dict | None = None, ds_overrides: dict | None = None, prepared_data: bool = True,
-                 ep: int = 1, sp: bool = False) -> Path:
+                 ep: int = 1, sp: bool = False, cp: int = 1) -> Path:
     """plan.json + ds_config.json as render writes them (fp32, AdamW, gradient clipping, warm-up + cosine LR)."""
     path.mkdir(parents=True, exist_ok=True)
     model = dict(model or TINY_MODEL)
     model.setdefault("params", TINY_PARAMS)
     layout = {"dp": dp, "tp": tp, "pp": pp, "zero_stage": zero, "micro_batch": micro, "grad_accum": accum,
               "checkpointing": checkpointing, "offload": "none", **({"ep": ep} if ep != 1 else {}),
-              **({"sequence_parallel": True} if sp else {})}
+              **({"sequence_parallel": True} if sp else {}), **({"cp": cp} if cp != 1 else {})}
     plan = {"best": {"model": model, "layout": layout,
                      "training": {"seq_len": seq_len, "global_batch": dp * micro * accum, "precision": "fp32"}},
             "candidates": [], "evaluated": 1, "reasons": [], "command": "tests/train_helpers.py"}
@@ -42,6 +42,8 @@ def make_run_dir(path: Path, dp=1, tp=1, pp=1, zero=0, micro=4, accum=1, seq_len
         ds["tensor_parallel"] = {"autotp_size": tp, "partition_config": autotp_partition_config()}
     if pp > 1:
         ds["pipeline"] = {"stages": pp}
+    if cp > 1:
+        ds["sequence_parallel_size"] = cp
     for key, value in (ds_overrides or {}).items():
         ds[key] = value
     (path / "plan.json").write_text(json.dumps(plan, indent=1))

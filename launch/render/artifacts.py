@@ -138,7 +138,7 @@ def render_files(plan: dict, est: Estimate, opts: RenderOptions, run_dir: Path) 
     if est.training.engine == "megatron":
         run = _run_spec(est, opts, run_dir)
         return _megatron_files(plan, est, opts, run, _environment())
-    _check_program_runs(est)
+    _check_program_runs(est, plan)
     est = program_estimate(est)   # compile and the fused step where the program will use them
     run = _run_spec(est, opts, run_dir)
     env = _environment()
@@ -175,12 +175,15 @@ def render_files(plan: dict, est: Estimate, opts: RenderOptions, run_dir: Path) 
     return files
 
 
-def _check_program_runs(est: Estimate) -> None:
+def _check_program_runs(est: Estimate, plan: dict) -> None:
     """What the DeepSpeed engine's planner accepts but shardplan's own program does not run (yet)."""
     lay = est.layout
+    ulysses = f"context parallelism (cp {lay.cp}, DeepSpeed-Ulysses)"
     missing = [what for what, on in (("sequence parallelism without pipeline parallelism (it runs with tp × pp)",
                                       lay.sequence_parallel and lay.pp == 1),
-                                     (f"context parallelism (cp {lay.cp})", lay.cp > 1),
+                                     (f"{ulysses} with tensor parallelism (tp {lay.tp})", lay.cp > 1 and lay.tp > 1),
+                                     (f"{ulysses} on a Hugging Face model",
+                                      lay.cp > 1 and rundir.hf_model(plan) is not None),
                                      (f"uneven pipeline stages {list(lay.pp_layers or ())}",
                                       len(set(lay.stage_layers(est.model.n_layers))) > 1)) if on]
     if missing:

@@ -70,6 +70,7 @@ class DsConfigContext:
     tp_preset: str                       # "" (shardplan's GPT-2 specs) or a DeepSpeed preset name ("llama")
     tp_layer_specs: tuple[dict, ...]
     pp: int
+    sequence_parallel_size: int          # DeepSpeed-Ulysses: cp ranks share each sequence (dp = world / (tp·pp·cp))
     checkpointing: str                   # none | full | selective
     schedule: Schedule
 
@@ -120,6 +121,9 @@ def ds_config_context(est: Estimate, schedule: Schedule) -> DsConfigContext:
         # The training program's own module names (launch/train/spec.py), so AutoTP shards what it builds.
         tp_layer_specs=tuple(autotp_partition_config()["layer_specs"]) if model.arch == "gpt2" else (),
         pp=layout.pp,
+        # What DeepSpeed reads to count dp = world / sequence_parallel_size when no mpu is given (runtime/config.py);
+        # the program passes DeepSpeed's Ulysses mpu (launch/train/ulysses.py) and checks this equals the plan's cp.
+        sequence_parallel_size=layout.cp,
         checkpointing=layout.checkpointing,
         schedule=schedule,
     )

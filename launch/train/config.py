@@ -39,7 +39,8 @@ class RunConfig:
         lay = self.layout
         return {"dp": lay.dp, "tp": lay.tp, "pp": lay.pp, "zero_stage": int(lay.zero_stage),
                 "micro_batch": lay.micro_batch, "grad_accum": lay.grad_accum, "seq_len": self.seq_len,
-                **({"ep": lay.ep} if getattr(self.model, "experts", 0) else {})}
+                **({"ep": lay.ep} if getattr(self.model, "experts", 0) else {}),
+                **({"cp": lay.cp} if lay.cp > 1 else {})}
 
     def engine_config(self) -> dict:
         """ds_config for deepspeed.initialize: AutoTP only without a pipeline (3D uses Megatron layers)."""
@@ -96,9 +97,12 @@ def _check(run: RunConfig, ds: dict, world_size: int, training: dict) -> None:
         raise RunConfigError(f"plan seq_len ({run.seq_len}) exceeds the model's max_seq_len ({m.max_seq_len}); "
                              "plan a shorter --seq-len")
     if world_size != lay.world_size:
-        raise RunConfigError(f"launched with {world_size} processes but the plan's layout needs dp*tp*pp = "
-                             f"{lay.dp}*{lay.tp}*{lay.pp} = {lay.world_size}; launch with the run dir's launch.sh "
+        names, sizes = ("dp*tp*pp*cp", (lay.dp, lay.tp, lay.pp, lay.cp)) if lay.cp > 1 else             ("dp*tp*pp", (lay.dp, lay.tp, lay.pp))
+        raise RunConfigError(f"launched with {world_size} processes but the plan's layout needs {names} = "
+                             f"{'*'.join(map(str, sizes))} = {lay.world_size}; launch with the run dir's launch.sh "
                              "or re-plan for this world size")
+    if lay.cp > 1:
+        _check_ulysses(run, ds)
     if lay.sequence_parallel:
         _check_sequence_parallel(lay, run.seq_len)
     if m.n_heads % lay.tp or m.ffn_hidden % lay.tp:
@@ -134,6 +138,22 @@ def _check_sequence_parallel(lay: Layout, seq_len: int) -> None:
     if seq_len % lay.tp:
         raise RunConfigError(f"sequence_parallel: seq_len ({seq_len}) must be a multiple of tp ({lay.tp}), each "
                              "tensor rank holds seq_len/tp tokens; plan another --seq-len or --tp")
+
+
+def _check_ulysses(run: RunConfig, ds: dict) -> None:
+    """DeepSpeed-Ulysses as the program runs it (ulysses.py): the GPT-2's attention over cp ranks, tp 1, pp 1."""
+    m, lay = run.model, run.layout
+    if lay.tp > 1 or lay.pp > 1:
+        raise RunConfigError(f"cp ({lay.cp}) with tp ({lay.tp}) / pp ({lay.pp}): the program runs DeepSpeed-Ulysses "
+                             "with data parallelism only (DeepSpeed's Ulysses groups have no tensor or pipeline "
+                             "axis); plan --tp 1 --pp 1, or render --engine megatron")
+    if getattr(m, "is_hf", False) or getattr(m, "experts", 0):
+        raise RunConfigError(f"cp ({lay.cp}): the program runs DeepSpeed-Ulysses on its own dense GPT-2 only, not "
+                             "on a Hugging Face or MoE model; plan --cp 1, or render --engine megatron")
+    if m.n_heads % lay.cp or run.seq_len % lay.cp:
+        raise RunConfigError(f"cp ({lay.cp}) must divide n_heads ({m.n_heads}) and seq_len ({run.seq_len}): each "
+                             "rank holds seq_len/cp tokens and attends with n_heads/cp heads; plan another --cp")
+    _disagree("sequence_parallel_size", ds.get("sequence_parallel_size", 1), lay.cp)
 
 
 def _check_moe(m, lay: Layout, name) -> None:

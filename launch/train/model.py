@@ -48,22 +48,31 @@ class Attention(nn.Module):
         self.selective = cfg.checkpointing == "selective"
         self.c_attn = linear(cfg.hidden, 3 * cfg.hidden, "column")
         self.c_proj = linear(cfg.hidden, cfg.hidden, "row")
+        # DeepSpeed-Ulysses (ulysses.py) sets a DistributedAttention around local_attention: it all-to-alls
+        # q, k, v of this rank's seq/cp tokens into the whole sequence for n_heads/cp heads, and back.
+        self.distributed = None
 
     @staticmethod
     def _core(q, k, v):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    def local_attention(self, q, k, v):
+        """Causal attention over [batch, seq, heads, head_dim] tensors, as the heads of this rank see them."""
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        if self.selective and torch.is_grad_enabled():
+            y = checkpoint(self._core, q, k, v, use_reentrant=False)
+        else:
+            y = self._core(q, k, v)
+        return y.transpose(1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
         # chunk(3) on the last dim works for the whole projection and for a tensor-parallel shard alike:
         # the shard holds [q_r; k_r; v_r] for this rank's heads (fused-qkv shape [3, -1]).
         q, k, v = self.c_attn(x).chunk(3, dim=-1)
-        q, k, v = (t.view(B, T, -1, self.head_dim).transpose(1, 2) for t in (q, k, v))
-        if self.selective and torch.is_grad_enabled():
-            y = checkpoint(self._core, q, k, v, use_reentrant=False)
-        else:
-            y = self._core(q, k, v)
-        return self.c_proj(y.transpose(1, 2).reshape(B, T, -1))
+        q, k, v = (t.view(B, T, -1, self.head_dim) for t in (q, k, v))
+        y = self.local_attention(q, k, v) if self.distributed is None else self.distributed(q, k, v, 0)
+        return self.c_proj(y.reshape(B, T, -1))
 
 
 class MLP(nn.Module):
@@ -133,9 +142,11 @@ class GPT(nn.Module):
         for i, block in enumerate(self.h):
             init_block(block, cfg, seed, i)
         self.ln_f = nn.LayerNorm(cfg.hidden)
+        self.first_position = 0   # where this rank's tokens start in the sequence (Ulysses: cp_rank·seq/cp)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device))
+        positions = torch.arange(self.first_position, self.first_position + idx.shape[1], device=idx.device)
+        x = self.wte(idx) + self.wpe(positions)
         for block in self.h:
             if self.cfg.checkpointing == "full" and torch.is_grad_enabled():
                 x = checkpoint(block, x, use_reentrant=False)

@@ -40,6 +40,8 @@ class Trainer:
     dp_group: object
     optimizer: str = ""      # which AdamW runs (speed.fused_adamw_config): fused, or the foreach fallback
     ep_rank: int = 0         # MoE: this rank's place in its expert-parallel group (which experts it holds)
+    cp_rank: int = 0         # Ulysses: which seq/cp slice of every sequence this rank holds (ulysses.py)
+    loss_group: object = None   # Ulysses: the dp·cp ranks whose loss shares add up to the step's (else dp_group)
 
     def train_step(self, step: int, tokens: np.ndarray, sampler: Sampler) -> float:
         """One optimizer step over grad_accum micro-batches; returns the global mean loss (same on every rank)."""
@@ -47,19 +49,24 @@ class Trainer:
             accum = self.run.layout.grad_accum
             batches = iter([sampler.batch(tokens, step, m, self.dp_rank) for m in range(accum)])
             return float(self.engine.train_batch(data_iter=batches))
-        device = self.engine.device
+        device, cp = self.engine.device, self.run.layout.cp
         total = torch.zeros((), device=device)   # summed on the device: one host sync per step, not per micro-batch
         for micro_step in range(self.run.layout.grad_accum):
             x, y = sampler.batch(tokens, step, micro_step, self.dp_rank)
+            if cp > 1:
+                from .ulysses import sequence_slice
+                x, y = sequence_slice(x, self.cp_rank, cp), sequence_slice(y, self.cp_rank, cp)
             loss = self.engine(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
+            if cp > 1:   # this slice's share of the whole sequence's mean: the cp shares add up to it
+                loss = loss / cp
             self.engine.backward(loss)
             self.engine.step()
             if getattr(self.engine.module, "last_lm_loss", None) is not None:   # MoE: report the LM loss, not + aux
                 loss = self.engine.module.last_lm_loss
             total += loss.detach().float()
-        if self.run.layout.dp > 1:   # every micro-batch holds the same number of tokens: mean of means is mean
+        if self.run.layout.dp * cp > 1:   # every micro-batch holds the same number of tokens: mean of means is mean
             import deepspeed.comm as dist
-            dist.all_reduce(total, group=self.dp_group)
+            dist.all_reduce(total, group=self.dp_group if self.loss_group is None else self.loss_group)
         return total.item() / (self.run.layout.grad_accum * self.run.layout.dp)
 
     def rank_facts(self) -> dict:
@@ -75,6 +82,8 @@ class Trainer:
                      or type(m).__name__.endswith("DecoderLayer"))   # transformers' decoder layers
         facts = {"dp_rank": self.dp_rank, "tp_rank": self.tp_rank, "pp_stage": self.pp_stage,
                  "params_held": held, "projection_weights": sharded, "blocks": blocks, "optimizer": self.optimizer}
+        if self.run.layout.cp > 1:
+            facts["cp_rank"] = self.cp_rank
         shapes = [list(m.input_shape) for m in module.modules() if getattr(m, "input_shape", None)]
         if shapes:   # pipeline blocks: the activation the first one received ([seq/tp, batch, hidden] with SP)
             facts["block_input_shape"] = shapes[0]
@@ -121,6 +130,11 @@ def build_trainer(run: RunConfig, seed: int, init_state: dict | None) -> Trainer
         # over the data-parallel ranks (world / tp) instead of the whole world.
         groups._init_tp_mesh_device(tensor_model_parallel_size=run.layout.tp)
         mpu = groups
+    if run.layout.cp > 1:   # DeepSpeed-Ulysses: its sequence-parallel groups as mpu, attention all-to-alls
+        from .ulysses import distribute_attention, sequence_parallel_mpu
+        mpu = sequence_parallel_mpu(run.layout.cp)
+        distribute_attention(model, mpu.get_sequence_parallel_group(), mpu.get_sequence_parallel_rank(),
+                             run.seq_len // run.layout.cp)
     params = model.parameters()
     if getattr(run.model, "experts", 0):
         from .moe import optimizer_groups
@@ -133,6 +147,10 @@ def build_trainer(run: RunConfig, seed: int, init_state: dict | None) -> Trainer
         if config.get("gradient_clipping", 0) > 0:
             fp32_clip_with_experts(engine, float(config["gradient_clipping"]))
     tp_rank = groups.get_tensor_model_parallel_rank() if run.layout.tp > 1 else 0
+    if run.layout.cp > 1:   # Ulysses ranks are dp_rank·cp + cp_rank (parallel_state_sp); it has no dp-only group
+        import deepspeed.comm as dist
+        return Trainer(engine, run, False, dist.get_rank() // run.layout.cp, 0, 0, None, optimizer, ep_rank,
+                       cp_rank=mpu.get_sequence_parallel_rank(), loss_group=mpu.get_sequence_data_parallel_group())
     dp_group = groups._get_data_parallel_group()
     import deepspeed.comm as dist
     dp_rank = dist.get_rank(group=dp_group) if run.layout.dp > 1 else 0
