@@ -4,8 +4,12 @@ DeepSpeed (shardplan's program, deepspeed/runtime/pipe, zero/): ZeRO 0-3, Pipeli
 explicit partitions and no interleaving, Ulysses for context parallelism (deepspeed/sequence/layer.py:
 an all-to-all over heads, so the heads must split over tp·cp); Megatron sequence parallelism runs in the
 program with tp × pp (its Megatron-layer pipeline path; render refuses it with pp 1). Megatron-core (megatron/training/
-arguments.py validate_args, megatron/core/parallel_state.py): the distributed optimizer shards optimizer
-states (ZeRO-1) and nothing more here; uneven pipelines give only the first and last stage their own
+arguments.py validate_args, megatron/core/parallel_state.py): zero_stage 1 is the distributed optimizer
+(optimizer states sharded); 2 and 3 are Megatron-FSDP (--use-megatron-fsdp, planner/megatron/fsdp.py) with
+--data-parallel-sharding-strategy optim_grads (optimizer states and gradients) and optim_grads_params (also the
+weights), which validate_args allows only with --ckpt-format fsdp_dtensor and CUDA_DEVICE_MAX_CONNECTIONS
+not 1; Megatron-FSDP has no CPU offload, and is planned with pp 1 only (Layout keeps ZeRO-2/3 off pipelines:
+the combination is not validated upstream); uneven pipelines give only the first and last stage their own
 layer counts (--decoder-first/last-pipeline-num-layers); interleaving needs equal layers per virtual
 stage; context parallelism splits each sequence into 2·cp chunks for load balance.
 """
@@ -15,6 +19,12 @@ from .layout import Layout, divisors, even_stages
 from .model import ModelSpec
 
 ENGINES = ("deepspeed", "megatron")
+
+
+def megatron_sharding(zero_stage: int) -> str:
+    """What a ZeRO stage is on the Megatron engine, in Megatron-LM's words."""
+    return ("no optimizer sharding (DDP)", "distributed optimizer", "Megatron-FSDP optim_grads",
+            "Megatron-FSDP optim_grads_params")[int(zero_stage)]
 
 
 def check_engine_layout(model: ModelSpec, layout: Layout, engine: str, seq_len: int) -> None:
@@ -93,9 +103,6 @@ def _megatron(model: ModelSpec, layout: Layout, seq_len: int) -> None:
     if layout.pp > model.n_layers:
         raise ValueError(f"pp({layout.pp}) exceeds n_layers({model.n_layers}) of {model.name}: Megatron gives every "
                          "pipeline stage at least one layer")
-    if int(layout.zero_stage) > 1:
-        raise ValueError(f"zero_stage({int(layout.zero_stage)}) with --engine megatron: Megatron's distributed "
-                         "optimizer shards the optimizer states (ZeRO-1); use --zero 1, or --engine deepspeed")
     if layout.offload != "none":
         raise ValueError(f"offload({layout.offload!r}) is modelled for DeepSpeed only; use --offload none, or "
                          "--engine deepspeed")

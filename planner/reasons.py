@@ -7,6 +7,7 @@ from .cluster import GB, Cluster
 from .estimate import Estimate
 from .layout import Layout
 from .cost import estimate_memory
+from .engines import megatron_sharding
 from .search import TIE, SearchResult
 
 DECISIONS = ("zero_stage", "tp", "pp", "checkpointing", "offload", "cp", "vpp", "ep", "etp")   # one "X over Y" line each
@@ -85,6 +86,9 @@ def versus(best: Estimate, alt: Option, alt_label: str, usable: float) -> str:
 
 def _extra(dim: str, best: Estimate, alt: Option | None, cluster: Cluster) -> str:
     layout = best.layout
+    if dim == "zero_stage" and best.training.engine == "megatron" and layout.dp * layout.cp > 1:
+        return (f"on Megatron-core ZeRO-{int(layout.zero_stage)} is {megatron_sharding(layout.zero_stage)} (ZeRO-1 the "
+                "distributed optimizer, ZeRO-2/3 Megatron-FSDP optim_grads/optim_grads_params)")
     if dim == "zero_stage" and layout.dp == 1:
         return "with one data-parallel rank ZeRO has nothing to shard: the stages differ only in DeepSpeed's buffers"
     if dim == "tp" and layout.tp > 1:

@@ -6,7 +6,9 @@ Rules (README "How plan searches"):
 - tp divides the NVLink domain (a tensor-parallel group never leaves it: the node, or 72 GPUs on NVL72), n_heads
   and n_kv_heads.
 - pp divides n_layers (even stages) and world / tp.
-- ZeRO 0-3; at most 1 when pp > 1 (DeepSpeed's pipeline engine refuses 2 and 3).
+- ZeRO 0-3; at most 1 when pp > 1 (DeepSpeed's pipeline engine refuses 2 and 3). Megatron: 0 and 1 (the
+  distributed optimizer); ZeRO-3 (Megatron-FSDP, pp 1) for a family only where ZeRO-1 does not fit at any
+  micro-batch.
 - micro_batch divides the per-replica batch (global / dp); grad_accum = global / (dp · micro_batch).
 - checkpointing none or full; "selective" (Megatron-LM's) only when asked for: DeepSpeed checkpoints whole layers.
 - CPU offload only when nothing fits without it: optimizer (ZeRO ≥ 1), optimizer+params (ZeRO-3).
@@ -172,8 +174,8 @@ def families(model: ModelSpec, cluster: Cluster, c: dict, offload: bool, trainin
                     vpps = [c["vpp"]]
                 else:
                     vpps = [1] + [v for v in (2, 4) if megatron and pp > 2 and all(n % v == 0 for n in per_stage)]
-                if megatron:
-                    zeros = (0, 1)
+                if megatron:   # ZeRO-2/3 are Megatron-FSDP: when asked for, or where memory asks (search)
+                    zeros = (0, 1, 2, 3) if c.get("zero_stage") is not None and pp == 1 else (0, 1)
                 else:
                     zeros = (0, 1) if pp > 1 else (0, 1, 2, 3)
                 if c.get("zero_stage") is not None:
@@ -197,49 +199,61 @@ def search(model: ModelSpec, cluster: Cluster, training: Training, headroom: flo
     """Best micro-batches of every family: bisect the largest that fits (memory grows with it), time those below."""
     usable = usable_bytes(cluster.gpu.memory_bytes, headroom)
     result = SearchResult([], [], 0, training, usable)
+    fsdp_fallback = training.engine == "megatron" and c.get("zero_stage") is None
     for fam in families(model, cluster, c, offload, training):
-        dp = fam.dp
-        if training.global_batch % dp:
-            continue
-        per_replica = training.global_batch // dp
-        micros = [m for m in divisors(per_replica) if m <= c.get("max_micro_batch", per_replica)]
-        if c.get("micro_batch") is not None:
-            micros = [m for m in micros if m == c["micro_batch"]]
-        if not micros:
-            continue
-
-        def layout(m: int, fam=fam) -> Layout:
-            return fam.layout(m, per_replica // m)
-
-        memo: dict[int, MemoryBreakdown] = {}
-
-        def memory(i: int) -> MemoryBreakdown:
-            if i not in memo:
-                memo[i] = estimate_memory(model, cluster, layout(micros[i]), training)
-                result.evaluated += 1
-            return memo[i]
-
-        # Memory grows with the micro-batch, except at grad_accum 1 (the last micro-batch): without
-        # accumulation the held gradient buffers go away. So bisect the others and check that one alone.
-        last = len(micros) - 1
-        fitting: list[int] = []
-        if memory(0).peak_bytes <= usable:
-            lo, hi = 0, max(last - 1, 0)     # invariant: micros[lo] fits, micros[hi+1] (below last) does not
-            while lo < hi:
-                mid = (lo + hi + 1) // 2
-                if memory(mid).peak_bytes <= usable:
-                    lo = mid
-                else:
-                    hi = mid - 1
-            fitting = list(range(lo + 1))
-        if last not in fitting and memory(last).peak_bytes <= usable:
-            fitting.append(last)
-        missing = next((i for i in range(len(micros)) if i not in fitting), None)
-        if missing is not None:             # the smallest micro-batch that does not fit: what the reasons cite
-            result.misses.append((layout(micros[missing]), memory(missing)))
-        for i in fitting:
-            result.fits.append(estimate_layout(model, cluster, layout(micros[i]), training, headroom, memory(i)))
+        if not _search_family(model, cluster, training, headroom, c, fam, result) and fsdp_fallback and (
+                fam.zero == 1 and fam.pp == 1 and fam.dp * fam.cp > 1):
+            # the distributed optimizer does not fit even at the smallest micro-batch: Megatron-FSDP's ZeRO-3
+            _search_family(model, cluster, training, headroom, c, fam._replace(zero=3), result)
     return result
+
+
+def _search_family(model: ModelSpec, cluster: Cluster, training: Training, headroom: float, c: dict, fam: Family,
+                   result: SearchResult) -> bool:
+    """Add the family's micro-batches that fit (and its smallest miss) to result; False when none fits."""
+    usable = result.usable
+    dp = fam.dp
+    if training.global_batch % dp:
+        return True
+    per_replica = training.global_batch // dp
+    micros = [m for m in divisors(per_replica) if m <= c.get("max_micro_batch", per_replica)]
+    if c.get("micro_batch") is not None:
+        micros = [m for m in micros if m == c["micro_batch"]]
+    if not micros:
+        return True
+
+    def layout(m: int, fam=fam) -> Layout:
+        return fam.layout(m, per_replica // m)
+
+    memo: dict[int, MemoryBreakdown] = {}
+
+    def memory(i: int) -> MemoryBreakdown:
+        if i not in memo:
+            memo[i] = estimate_memory(model, cluster, layout(micros[i]), training)
+            result.evaluated += 1
+        return memo[i]
+
+    # Memory grows with the micro-batch, except at grad_accum 1 (the last micro-batch): without
+    # accumulation the held gradient buffers go away. So bisect the others and check that one alone.
+    last = len(micros) - 1
+    fitting: list[int] = []
+    if memory(0).peak_bytes <= usable:
+        lo, hi = 0, max(last - 1, 0)     # invariant: micros[lo] fits, micros[hi+1] (below last) does not
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if memory(mid).peak_bytes <= usable:
+                lo = mid
+            else:
+                hi = mid - 1
+        fitting = list(range(lo + 1))
+    if last not in fitting and memory(last).peak_bytes <= usable:
+        fitting.append(last)
+    missing = next((i for i in range(len(micros)) if i not in fitting), None)
+    if missing is not None:             # the smallest micro-batch that does not fit: what the reasons cite
+        result.misses.append((layout(micros[missing]), memory(missing)))
+    for i in fitting:
+        result.fits.append(estimate_layout(model, cluster, layout(micros[i]), training, headroom, memory(i)))
+    return bool(fitting)
 
 
 PREFERENCES = ("simple", "memory", "speed")

@@ -1,6 +1,7 @@
 """The Megatron-core engine: its rules, memory against published measurements, step time against published
 runs, the search over SP/CP/VPP/uneven stages, the estimate contract, and rendered arguments that Megatron-LM's
 own parse_args + validate_args accept (the pinned snapshot in shared/reference/megatron-lm-core_v0.16.1)."""
+import dataclasses
 import json
 import subprocess
 import sys
@@ -25,7 +26,7 @@ MG = Training(seq_len=8192, precision="bf16", engine="megatron")
 def test_engine_rules_name_the_engine_and_the_fix():
     model, cluster = get_model("llama-3-8b"), get_cluster("2x8xH100-80GB")
     cases = [
-        (Layout(dp=16, zero_stage=2), "Megatron's distributed optimizer"),
+        (Layout(dp=16, zero_stage=3, offload="optimizer+params"), "modelled for DeepSpeed only"),   # Megatron-FSDP
         (Layout(dp=4, tp=2, cp=2, micro_batch=1, grad_accum=1), None),
         (Layout(dp=2, pp=8, pp_layers=(4, 4, 4, 4, 4, 4, 5, 3)), "middle stages must hold equal layers"),
         (Layout(dp=2, pp=8, vpp=4, pp_layers=None), None),
@@ -111,10 +112,17 @@ def test_communication_overlap_options_expose_what_the_engine_did_not_hide():
 
 
 def test_the_search_explores_the_megatron_dimensions():
-    p = plan(get_model("llama-3-8b"), get_cluster("2x8xH100-80GB"), Training(seq_len=8192, engine="megatron"))
+    model, cluster, training = get_model("llama-3-8b"), get_cluster("2x8xH100-80GB"), Training(seq_len=8192,
+                                                                                               engine="megatron")
+    p = plan(model, cluster, training)
     everyone = [p.best] + list(p.candidates)
     assert all(e.layout.sequence_parallel == (e.layout.tp > 1) for e in everyone)  # SP always with tp on Megatron
-    assert all(int(e.layout.zero_stage) <= 1 for e in everyone)
+    for e in everyone:   # Megatron-FSDP (ZeRO-3, pp 1) only for a family whose ZeRO-1 fits at no micro-batch
+        if int(e.layout.zero_stage) > 1:
+            assert int(e.layout.zero_stage) == 3 and e.layout.pp == 1
+            smallest = dataclasses.replace(e.layout, zero_stage=1, micro_batch=1,
+                                           grad_accum=e.layout.global_batch // e.layout.dp)
+            assert not evaluate(model, cluster, smallest, p.best.training).fits
     big = plan(get_model("llama-3.1-405b"), get_cluster("128x8xH100-80GB"),
                Training(seq_len=8192, global_batch=2048, engine="megatron"), pp=16)
     assert big.best.layout.pp_layers == uneven_stages(126, 16)
@@ -176,6 +184,8 @@ MATRIX = {
     "moe-deepseek-v3-pp16-ep64": ["--model", "deepseek-v3", "--cluster", "256x8xH800", "--pp", "16",  # 3,4..4,2
                                   "--ep", "64", "--zero", "1", "--checkpointing", "selective",
                                   "--seq", "4096", "--global-batch", "1920", "--micro-batch", "1"],
+    # issue 9: ZeRO-3 as Megatron-FSDP (optim_grads_params), no CUDA_DEVICE_MAX_CONNECTIONS=1
+    "fsdp-zero3": ["--model", "llama-3-8b", "--cluster", "2x8xH100-80GB", "--zero", "3", "--global-batch", "64"],
     "moe-v2-lite-ep8": ["--model", "deepseek-v2-lite", "--cluster", "1x8xH100-80GB", "--ep", "8", "--zero", "1",
                         "--seq", "4096", "--global-batch", "64"],
 }

@@ -1,5 +1,5 @@
 """Megatron-LM arguments for a planned layout: megatron_args.sh (exactly the plan: TP, SP, CP, PP, VPP or
-uneven stages, distributed optimizer, overlap, recompute, batch, model shape) and, for --engine megatron,
+uneven stages, distributed optimizer or Megatron-FSDP, overlap, recompute, batch, model shape) and, for --engine megatron,
 launch_megatron.sh (torchrun pretrain_gpt.py from the user's Megatron-LM checkout).
 
 Argument names are megatron/training/arguments.py's at core_v0.16.1 (the megatron-core the project
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from shardplan.planner.moe import MLA_SELECTIVE_MODULES, SELECTIVE_MODULES
 from shardplan.planner.estimate import Estimate
+from shardplan.planner.megatron.fsdp import strategy, uses_fsdp
 from shardplan.planner.precision import is_fp8, recipe as fp8_recipe
 
 from .ds_config import Schedule
@@ -26,8 +27,8 @@ def megatron_refusal(est: Estimate) -> str | None:
     """Why Megatron-LM cannot run this layout as planned (None when it can)."""
     lay = est.layout
     if int(lay.zero_stage) >= 2:
-        return (f"ZeRO-{int(lay.zero_stage)} has no Megatron-LM equivalent (its distributed optimizer shards "
-                "optimizer states only): plan with --engine megatron for Megatron arguments")
+        return (f"DeepSpeed's ZeRO-{int(lay.zero_stage)} is not what Megatron-LM runs (its ZeRO-2/3 is Megatron-FSDP, "
+                "with other buffers and collectives): plan with --engine megatron for Megatron arguments")
     if lay.offload != "none":
         return "CPU offload is planned for DeepSpeed: plan with --engine megatron for Megatron arguments"
     if lay.pp_layers is not None and len(set(lay.pp_layers[1:-1])) > 1:
@@ -35,9 +36,13 @@ def megatron_refusal(est: Estimate) -> str | None:
     return None
 
 
-def megatron_env(est: Estimate) -> dict[str, str]:
-    env = dict(GPU_ENV) if not est.cluster.gpu.is_cpu else {}
-    if est.layout.tp > 1 or est.layout.cp > 1:
+def megatron_env(est: Estimate) -> dict[str, str | None]:
+    """Variables megatron_args.sh exports (None: unsets). Megatron-FSDP's side-stream gathers need more than one
+    hardware queue: validate_args refuses CUDA_DEVICE_MAX_CONNECTIONS=1 with it (and only warns with tp/cp)."""
+    env: dict[str, str | None] = dict(GPU_ENV) if not est.cluster.gpu.is_cpu else {}
+    if uses_fsdp(est.layout):
+        env["CUDA_DEVICE_MAX_CONNECTIONS"] = None
+    elif est.layout.tp > 1 or est.layout.cp > 1:
         env.update(MAX_CONNECTIONS)
     return env
 
@@ -86,7 +91,16 @@ def megatron_args(est: Estimate, schedule: Schedule) -> tuple[tuple[str, ...], .
         args.append(("--recompute-granularity", "selective", "--recompute-modules", *modules))
     elif lay.checkpointing == "selective":
         args.append(("--recompute-granularity", "selective"))
-    if lay.zero_stage >= 1:
+    if uses_fsdp(lay):
+        # Megatron-FSDP: what validate_args and its user guide require with it (fsdp_dtensor checkpoints, the
+        # distributed optimizer over its shards, no fused gradient accumulation into main_grad); overlap
+        # gives the bucketed reduce-scatter the planner's time model assumes (fsdp.py).
+        args.append(("--use-megatron-fsdp", "--data-parallel-sharding-strategy", strategy(lay.zero_stage),
+                     "--use-distributed-optimizer", "--no-gradient-accumulation-fusion", "--ckpt-format",
+                     "fsdp_dtensor"))
+        if lay.dp * lay.cp > 1:
+            args.append(("--overlap-grad-reduce", "--overlap-param-gather"))
+    elif lay.zero_stage >= 1:
         # Megatron's distributed optimizer shards the fp32 master weights and Adam moments over dp: ZeRO-1.
         args.append(("--use-distributed-optimizer",))
         if tr.engine == "megatron" and lay.dp * lay.cp > 1:   # what the planner's time model assumes

@@ -7,7 +7,8 @@ accumulate_allreduce_grads_in_fp32) and the parameters' dtype for fp16 (2 B/para
 upcasts them at the step); the optimizer keeps an fp32 master
 copy and Adam's two moments (12 B/param) — sharded over the data-parallel-with-context-parallel group by
 the distributed optimizer (--use-distributed-optimizer, zero_stage 1 here), whole otherwise. That is
-megatron/training/theoretical_memory_usage.py's 18 B/param, or 6 + 12/(dp·cp).
+megatron/training/theoretical_memory_usage.py's 18 B/param, or 6 + 12/(dp·cp). ZeRO-2/3 are Megatron-FSDP
+(fsdp.py): 2 + 16/(dp·cp) and 18/(dp·cp) B/param plus the gathered layers and in-flight gradient buckets.
 
 Activations per layer and micro-batch (Korthikanti et al. 2022, Table 2, counted tensor by tensor for
 flash attention, which saves q, k, v, the output and a logsumexp instead of the a·s² scores): the tensors
@@ -32,6 +33,7 @@ from ..model import ModelSpec
 from ..moe import moe_activation_extra_bytes, selective_saving_bytes
 from ..precision import fp8_element_bytes, is_fp8, model_bytes, weight_workspace_bytes
 from ..stage import stage_shape
+from .fsdp import fsdp_model_states, uses_fsdp
 
 DROPOUT_MASK_BYTES = 1     # torch's fused dropout keeps a bool mask per element (GPT recipes: dropout 0.1)
 
@@ -117,6 +119,10 @@ def _stage_peak(model: ModelSpec, cluster: Cluster, layout: Layout, training: Tr
         if layout.checkpointing == "selective":
             extra -= moe_saving
         acts += extra if layout.checkpointing == "full" else inflight * shape.moe_layers * extra
+    if uses_fsdp(layout):    # Megatron-FSDP, ZeRO-2/3: sharded weights and grads, gathered layers (fsdp.py)
+        params, grads, optimizer = fsdp_model_states(model, layout, shape, first, act_b, grad_bytes(training.precision),
+                                                     opt_per_param, saved)
+        params += weight_workspace_bytes(model, shape.layers, tp, training.precision)
     other = cuda_runtime_bytes(cluster.gpu)
     if shape.has_head:
         vshard = tp

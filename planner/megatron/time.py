@@ -38,6 +38,7 @@ from ..moe import expert_compute_s, moe_comm_s
 from ..precision import attention_precision, fp8_element_bytes, is_fp8, model_bytes, weight_cast_bytes
 from ..stage import stage_shape
 from ..timing import HOST_OP_S, OVERLAP_LEFT
+from .fsdp import fsdp_comm_s, uses_fsdp
 from .memory import grad_bytes
 
 # Unfused core attention, HBM bytes per score element (one head's s x s matrix) outside the GEMMs (gemm_s
@@ -135,7 +136,10 @@ def megatron_time(model: ModelSpec, cluster: Cluster, layout: Layout, training: 
     group = layout.dp * cp
     dp_s = dp_bytes = 0.0
     distributed = int(layout.zero_stage) >= 1
-    if group > 1:
+    if group > 1 and uses_fsdp(layout):   # Megatron-FSDP (ZeRO-2/3): per-layer gathers, per-micro-batch reduce-scatters
+        dp_s, dp_bytes = fsdp_comm_s(cluster, model, layout, shape, act_b, grad_bytes(training.precision), mb_gpu / 3,
+                                     mb_gpu * 2 / 3)
+    elif group > 1:
         bw, lat = group_bandwidth(cluster, group, tp)
         frac = (group - 1) / group
         grads = frac * grad_bytes(training.precision) * p * (1 if distributed else 2)   # RS, or all-reduce

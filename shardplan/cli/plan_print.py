@@ -30,8 +30,8 @@ def layout_line(e: Estimate) -> str:
     extra = (" sp" if l.sequence_parallel else "") + (f" cp={l.cp}" if l.cp > 1 else "") + (
         f" vpp={l.vpp}" if l.vpp > 1 else "") + (f" stages={','.join(map(str, l.pp_layers))}" if l.pp_layers else "") + (
         f" ep={l.ep}" if l.ep > 1 else "") + (f" etp={l.etp}" if l.etp > 1 else "")
-    sharding = ("distributed-optimizer" if int(l.zero_stage) else "no-optimizer-sharding") if megatron \
-        else f"ZeRO-{int(l.zero_stage)}"
+    sharding = ("no-optimizer-sharding", "distributed-optimizer", "megatron-fsdp(optim_grads)",
+                "megatron-fsdp(optim_grads_params)")[int(l.zero_stage)] if megatron else f"ZeRO-{int(l.zero_stage)}"
     return (f"{'megatron: ' if megatron else ''}dp={l.dp} tp={l.tp} pp={l.pp}{extra} {sharding} "
             f"micro-batch={l.micro_batch} grad-accum={l.grad_accum} checkpointing={l.checkpointing} "
             f"offload={l.offload}")
