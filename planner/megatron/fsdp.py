@@ -114,8 +114,8 @@ def fsdp_comm_s(cluster: Cluster, model: ModelSpec, layout: Layout, shape: Stage
     layer_wire = frac * (layer - experts_layer) + expert_frac * experts_layer   # one layer's elements, bus share
     stage_wire = layer_wire * shape.layers + frac * rest
     units = shape.layers
-    reduce_s = grad_bytes * stage_wire / bw + units * lat            # one micro-batch's reduce-scatters
     if int(layout.zero_stage) >= 3:
+        reduce_s = grad_bytes * stage_wire / bw + units * lat        # one micro-batch's reduce-scatters
         gather_s = weight_bytes * layer_wire * shape.layers / bw + units * lat   # one pass's all-gathers
         rest_s = weight_bytes * frac * rest / bw + lat               # embedding/head: once per step
         per_mb = pipelined_s(gather_s, forward_s, units) + pipelined_s(gather_s + reduce_s, backward_s, units)
