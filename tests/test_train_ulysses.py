@@ -88,3 +88,5 @@ def test_render_writes_sequence_parallel_size_and_refuses_cp_with_tp(tmp_path):
     assert out.exit_code == 2, out.output
     assert "does not run context parallelism (cp 2, DeepSpeed-Ulysses) with tensor parallelism (tp 2)" in out.output
     assert not (tmp_path / "tp").exists()
+    assert sorted(p.name for p in (tmp_path / "run" / "hf").iterdir()) == ["README.md"]   # no Trainer files for cp
+    assert "DeepSpeed-Ulysses context parallelism (cp 2)" in (tmp_path / "run" / "hf" / "README.md").read_text()

@@ -103,15 +103,17 @@ def cli_flags(args: dict) -> tuple[str, ...]:
 
 
 def hf_files(env, plan: dict, est: Estimate, ds_config: dict, schedule: Schedule, run, common: dict) -> dict[str, str]:
-    """{file name: text} of hf/ (and model/config.json); pipeline plans get only hf/README.md saying why."""
+    """{file name: text} of hf/ (and model/config.json); pipeline and Ulysses (cp) plans get only hf/README.md
+    saying why."""
     files: dict[str, str] = {}
     record = rundir.hf_model(plan)
     if record:
         files[rundir.MODEL_CONFIG] = Path(record["config"]).read_text()
-    pipeline = est.layout.pp > 1
-    ds = None if pipeline else hf_ds_config(ds_config, est)
-    args = None if pipeline else training_args(est, schedule)
-    if not pipeline:
+    pipeline, ulysses = est.layout.pp > 1, est.layout.cp > 1
+    no_files = pipeline or ulysses
+    ds = None if no_files else hf_ds_config(ds_config, est)
+    args = None if no_files else training_args(est, schedule)
+    if not no_files:
         files[rundir.HF_DS_CONFIG] = json.dumps(ds, indent=2) + "\n"
         files[rundir.HF_TRAINING_ARGS] = json.dumps(args, indent=2) + "\n"
         files[rundir.HF_ACCELERATE] = env.get_template("accelerate_config.yaml.j2").render(
@@ -120,7 +122,7 @@ def hf_files(env, plan: dict, est: Estimate, ds_config: dict, schedule: Schedule
     # Several nodes without known hosts: the first node's address comes from the shell, as in launch_torchrun.sh.
     master_addr = '"$MASTER_ADDR"' if run.nodes > 1 and not run.hosts else run.master_addr
     files[rundir.HF_README] = env.get_template("hf_README.md.j2").render(
-        pipeline=pipeline, autos=autos, master_addr=master_addr, args=args, flags=cli_flags(args) if args else (), hf_model=record,
+        pipeline=pipeline, ulysses=ulysses, autos=autos, master_addr=master_addr, args=args, flags=cli_flags(args) if args else (), hf_model=record,
         ds_path=f"{run.run_dir}/{rundir.HF_DS_CONFIG}", acc_path=f"{run.run_dir}/{rundir.HF_ACCELERATE}", **common)
     return files
 

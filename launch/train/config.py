@@ -97,7 +97,8 @@ def _check(run: RunConfig, ds: dict, world_size: int, training: dict) -> None:
         raise RunConfigError(f"plan seq_len ({run.seq_len}) exceeds the model's max_seq_len ({m.max_seq_len}); "
                              "plan a shorter --seq-len")
     if world_size != lay.world_size:
-        names, sizes = ("dp*tp*pp*cp", (lay.dp, lay.tp, lay.pp, lay.cp)) if lay.cp > 1 else             ("dp*tp*pp", (lay.dp, lay.tp, lay.pp))
+        names, sizes = ("dp*tp*pp*cp", (lay.dp, lay.tp, lay.pp, lay.cp)) if lay.cp > 1 else \
+            ("dp*tp*pp", (lay.dp, lay.tp, lay.pp))
         raise RunConfigError(f"launched with {world_size} processes but the plan's layout needs {names} = "
                              f"{'*'.join(map(str, sizes))} = {lay.world_size}; launch with the run dir's launch.sh "
                              "or re-plan for this world size")
