@@ -155,7 +155,8 @@ def predict(row: dict, excess: float = ALLOCATOR_EXCESS) -> dict:
     # nanotron: fp32 gradient accumulation in every run, sequence + vocabulary parallel TP
     layout = Layout(dp=dp, tp=tp, pp=int(row["pp"]), zero_stage=zero, micro_batch=int(row["mbs"]),
                     grad_accum=int(row["gas"]), sequence_parallel=tp > 1)
-    training = Training(seq_len=4096, global_batch=int(row["gbs"]), grad_accum_dtype="fp32")
+    training = Training(seq_len=4096, global_batch=int(row["gbs"]), grad_accum_dtype="fp32",
+                        tp_linear="nanotron_async")
     # BF16_Optimizer shards master + moments over dp; nanotron's ZeRO-0 keeps them whole: dp = 1 for memory
     mem_layout = Layout(**{**layout.to_dict(), "dp": 1}) if zero == 0 else layout
     # rank 0 (the only one nanotron's benchmark CSV reports) sits on the first pipeline stage, which holds

@@ -1,6 +1,8 @@
 """Communication volume and time per step: data-parallel gradients/weights, tensor-parallel activations,
 pipeline point-to-point. nccl-tests conventions (Jeaugey, "NCCL tests: PERFORMANCE.md"): a ring
 all-reduce moves 2(n-1)/n·S bytes per GPU over the bus, reduce-scatter and all-gather (n-1)/n·S.
+Tensor-parallel collectives also pay NCCL's ring latency, one hop per ring step (ring_latency_s): a 32-rank
+group waits on 31 hops per all-gather, a 2-rank group on one.
 """
 from __future__ import annotations
 
@@ -12,6 +14,10 @@ from .model import ModelSpec
 
 COLLECTIVE_LATENCY_S = 15e-6      # per collective call inside a node (NCCL ring, small messages)
 INTER_NODE_LATENCY_S = 30e-6
+# NCCL's own cost model of a ring collective (src/graph/tuning.cc, ncclTopoTuneModel, Ring / Simple protocol): a
+# base latency plus one hop latency per ring step, an NVLink hop inside an NVLink domain, a network hop between
+# domains. Read off NCCL's tables, not fitted.
+NCCL_RING_BASE_S, NCCL_NVLINK_HOP_S, NCCL_NET_HOP_S = 8.4e-6, 3.4e-6, 9.6e-6
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,19 @@ def group_bandwidth(cluster: Cluster, size: int, stride: int) -> tuple[float, fl
     return min(cluster.gpu.nvlink_gbps, k * cluster.inter_node_gbps) * 1e9, INTER_NODE_LATENCY_S
 
 
+def ring_latency_s(cluster: Cluster, size: int, stride: int, passes: int) -> float:
+    """NCCL's latency of one ring collective over `size` ranks `stride` apart: passes 1 for an all-gather or a
+    reduce-scatter (size-1 ring steps), 2 for an all-reduce (2·(size-1)); nodes-1 of every size-1 steps cross
+    the network (NCCL's nInterSteps), the rest are NVLink hops."""
+    if size <= 1:
+        return 0.0
+    domain = cluster.nvlink_domain
+    per_domain = max(1, min(size, domain // stride)) if stride < domain else 1
+    domains = -(-size // per_domain)
+    steps, inter = passes * (size - 1), passes * (domains - 1)
+    return NCCL_RING_BASE_S + (steps - inter) * NCCL_NVLINK_HOP_S + inter * NCCL_NET_HOP_S
+
+
 def step_comm(model: ModelSpec, cluster: Cluster, layout: Layout, stage_params: int, seq: int,
               act_bytes: int, bucket: int) -> Comm:
     dp, tp, pp, m = layout.dp, layout.tp, layout.pp, layout.grad_accum
@@ -67,9 +86,12 @@ def step_comm(model: ModelSpec, cluster: Cluster, layout: Layout, stage_params: 
         calls = 3 * n_buckets * m
         overlappable = 1.0
     dp_s = (vol / bw + calls * lat) if dp > 1 else 0.0
-    # ---- tensor parallel: 4 all-reduces of b·s·h activations per layer per micro-batch (2 fwd, 2 bwd)
+    # ---- tensor parallel: 4 all-reduces of b·s·h activations per layer per micro-batch (2 fwd, 2 bwd); with
+    # sequence parallelism each is an all-gather + a reduce-scatter (two ring collectives, the same bytes)
     layers = -(-model.n_layers // pp)
-    tp_bw, tp_lat = group_bandwidth(cluster, tp, 1)
+    tp_bw, _ = group_bandwidth(cluster, tp, 1)
+    sp = layout.sequence_parallel
+    tp_lat = 2 * ring_latency_s(cluster, tp, 1, 1) if sp else ring_latency_s(cluster, tp, 1, 2)
     act = layout.micro_batch * seq * model.hidden * act_bytes
     tp_calls = 4 * layers * m * (1.5 if layout.checkpointing == "full" else 1)   # recompute repeats the forward's
     tp_vol = 2 * (tp - 1) / tp * act * tp_calls if tp > 1 else 0

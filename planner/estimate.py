@@ -48,6 +48,11 @@ class Training:
     # The step without needless host syncs: torch's fused AdamW kernel (one pass over p, g, m, v) and, in bf16,
     # no overflow check (ds_config bf16.check_grad_overflow false). Render turns it on for GPU runs.
     fused_step: bool = False
+    # How a tensor-parallel linear is written, for its host work per layer (planner/timing.py TP_LINEAR_HOST):
+    # "plain" (one linear op per projection and its collective, what the DeepSpeed timing counts) or
+    # "nanotron_async" (nanotron's REDUCE_SCATTER autograd Functions with tp_linear_async_communication: sharded
+    # matmuls, buffers, async all-gathers / reduce-scatters and their waits, parallel/tensor_parallel/functional.py).
+    tp_linear: str = "plain"
     # The peak MFU is measured against: "auto" = the precision's own dense peak, bf16 for fp8/mxfp8 (FP8 MFU is
     # conventionally quoted against the bf16 peak, which also keeps it comparable across precisions); "fp8"
     # (or another precision) asks for that peak instead.
@@ -77,6 +82,8 @@ class Training:
             raise ValueError(f"grad_accum_dtype({self.grad_accum_dtype!r}) must be 'model' or 'fp32'")
         if self.mfu_peak not in ("auto",) + MFU_PEAKS:
             raise ValueError(f"mfu_peak({self.mfu_peak!r}) must be auto or one of {', '.join(MFU_PEAKS)}")
+        if self.tp_linear not in ("plain", "nanotron_async"):
+            raise ValueError(f"tp_linear({self.tp_linear!r}) must be 'plain' or 'nanotron_async'")
         if self.zero_buckets not in ("shardplan", "deepspeed"):
             raise ValueError(f"zero_buckets({self.zero_buckets!r}) must be 'shardplan' or 'deepspeed'")
 

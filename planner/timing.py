@@ -53,6 +53,15 @@ TENSOR_OP_S = 12e-6        # one plain tensor call outside autograd (optimizer l
 DS_OPS_PER_TENSOR = {0: 13, 3: 42}
 DS_FIXED_S = {0: 0.0, 1: 0.02, 2: 0.02, 3: 0.02}   # ZeRO engine bookkeeping per step (calibrated, 124M)
 VIEW_OP_S = 2e-6           # a narrow/view/.data rebind or a hook's Python bookkeeping: no device dispatch
+# Host work per layer and micro-batch of a tensor-parallel layer's four linears beyond the plain linear ops that
+# OPS_PER_LAYER counts, as (tensor calls, view calls, collective calls), by Training.tp_linear. nanotron e24d2483
+# parallel/tensor_parallel/functional.py, tp_mode REDUCE_SCATTER with tp_linear_async_communication:
+#   column (qkv, gate_up) forward: contiguous, async all_gather, empty, split, wait, a second sharded mm (4 views);
+#     backward: the recompute all-gather, contiguous, empty, async reduce_scatter, 2 waits (2 views)
+#   row (o_proj, down) forward: the reduce-scatter's contiguous + empty; backward: contiguous x2, async all_gather,
+#     empty, split x2, wait, a second sharded mm (4 views)
+#   = per layer 2 x (6 + 4) + 2 x (2 + 7) = 38 calls, 2 x (4 + 2) + 2 x 4 = 20 views, 2 x (3 + 2) = 10 collectives
+TP_LINEAR_HOST = {"plain": (0, 0, 0), "nanotron_async": (38, 20, 10)}
 # ZeRO-1/2 (deepspeed/runtime/zero/stage_1_and_2.py, 0.19.8), per parameter tensor: (kernel calls, view calls)
 ZERO12_BWD_OPS = (1, 6)        # grad hook -> reduce_independent_p_g_buckets_and_remove_grads: copy_ into the
 #                                IPG bucket; narrow, view, view_as, .data swap, hook-count bookkeeping (2)
@@ -130,6 +139,9 @@ def estimate_time(model: ModelSpec, cluster: Cluster, layout: Layout, training: 
     mb_host = (ops * HOST_OP_S + ckpt_host) * hs
     if compiled:   # the generated wrapper launches each fused kernel (planner/compiled.py), recompute included
         mb_host = compiled_kernels(shape.layers, autocast, layout.checkpointing == "full") * TENSOR_OP_S * hs
+    if tp > 1:      # the TP linears' own host work (a collective call costs at least a plain tensor call)
+        calls, views, collectives = TP_LINEAR_HOST[training.tp_linear]
+        mb_host += shape.layers * ((calls + collectives) * TENSOR_OP_S + views * VIEW_OP_S) * hs
     gpu_fb, host_fb = m * mb_gpu, m * mb_host
     tensors = n_param_tensors(model, shape.layers, shape.has_embedding, shape.has_head)
     local = shape.params // (dp if z >= 1 else 1)
