@@ -90,7 +90,7 @@ class RunSpec:
     python: str = "python3"           # the interpreter that runs launchers and the training program
     train_args: tuple[str, ...] = ()  # extra arguments for the training program
     threads_per_rank: int = 0         # OMP_NUM_THREADS: each rank's share of the node's cores (0: leave unset)
-    megatron_layers: bool = False     # the program's 3D path (Megatron-core tensor-parallel layers) runs
+    megatron_layers: bool = False     # the program runs Megatron-core tensor-parallel layers (tp × pp, or tp with SP)
 
     def __post_init__(self) -> None:
         if not self.run_dir or not PurePosixPath(self.run_dir).is_absolute():

@@ -3,7 +3,8 @@
 DeepSpeed (shardplan's program, deepspeed/runtime/pipe, zero/): ZeRO 0-3, PipelineModule with even or
 explicit partitions and no interleaving, Ulysses for context parallelism (deepspeed/sequence/layer.py:
 an all-to-all over heads, so the heads must split over tp·cp); Megatron sequence parallelism runs in the
-program with tp × pp (its Megatron-layer pipeline path; render refuses it with pp 1). Megatron-core (megatron/training/
+program on its Megatron-core layers, with tp × pp (the pipeline engine) and with tp alone (the ZeRO engine,
+instead of AutoTP). Megatron-core (megatron/training/
 arguments.py validate_args, megatron/core/parallel_state.py): zero_stage 1 is the distributed optimizer
 (optimizer states sharded); 2 and 3 are Megatron-FSDP (--use-megatron-fsdp, planner/megatron/fsdp.py) with
 --data-parallel-sharding-strategy optim_grads (optimizer states and gradients) and optim_grads_params (also the

@@ -98,6 +98,13 @@ def test_resume_is_exact(tiny_llama, tmp_path):
     assert losses(resumed) == losses(straight)   # bit for bit: weights, optimizer, LR schedule and data order
 
 
+def test_sequence_parallel_is_refused_before_any_process_starts(tiny_llama, tmp_path):
+    from shardplan.launch.train.config import RunConfigError, load_run_config
+    run_dir = hf_run_dir(tmp_path, tiny_llama, tp=2, micro=2, sp=True, prepared_data=False)
+    with pytest.raises(RunConfigError, match=r"sequence_parallel with a Hugging Face model \(llama\).*--no-sp"):
+        load_run_config(run_dir, 2)
+
+
 def test_pipeline_and_shape_mismatch_are_refused(tiny_llama, tmp_path):
     run_dir = hf_run_dir(tmp_path / "pp", tiny_llama, pp=2, micro=2)
     result = train_single(run_dir, "--steps", "1")

@@ -89,7 +89,7 @@ def _run_spec(est: Estimate, opts: RenderOptions, run_dir: Path) -> RunSpec:
                        master_addr=hosts[0] if hosts else "127.0.0.1", master_port=opts.master_port,
                        cpu=est.cluster.gpu.is_cpu, python=opts.python, train_args=train_args,
                        threads_per_rank=max(1, _cpus_per_node(est, opts) // cluster.gpus_per_node),
-                       megatron_layers=est.layout.tp > 1 and est.layout.pp > 1)
+                       megatron_layers=est.layout.tp > 1 and (est.layout.pp > 1 or est.layout.sequence_parallel))
     except ValueError as e:
         raise RenderError(str(e)) from None
 
@@ -179,9 +179,7 @@ def _check_program_runs(est: Estimate, plan: dict) -> None:
     """What the DeepSpeed engine's planner accepts but shardplan's own program does not run (yet)."""
     lay = est.layout
     ulysses = f"context parallelism (cp {lay.cp}, DeepSpeed-Ulysses)"
-    missing = [what for what, on in (("sequence parallelism without pipeline parallelism (it runs with tp × pp)",
-                                      lay.sequence_parallel and lay.pp == 1),
-                                     (f"{ulysses} with tensor parallelism (tp {lay.tp})", lay.cp > 1 and lay.tp > 1),
+    missing = [what for what, on in ((f"{ulysses} with tensor parallelism (tp {lay.tp})", lay.cp > 1 and lay.tp > 1),
                                      (f"{ulysses} on a Hugging Face model",
                                       lay.cp > 1 and rundir.hf_model(plan) is not None),
                                      (f"uneven pipeline stages {list(lay.pp_layers or ())}",

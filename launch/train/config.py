@@ -43,11 +43,11 @@ class RunConfig:
                 **({"cp": lay.cp} if lay.cp > 1 else {})}
 
     def engine_config(self) -> dict:
-        """ds_config for deepspeed.initialize: AutoTP only without a pipeline (3D uses Megatron layers)."""
+        """ds_config for deepspeed.initialize: AutoTP only for plain tp with pp 1 (3D and SP use Megatron layers)."""
         cfg = copy.deepcopy(self.ds_config)
-        if self.layout.pp > 1:
+        if self.layout.pp > 1 or self.layout.sequence_parallel:
             cfg.pop("tensor_parallel", None)
-            if self.layout.sequence_parallel:   # each tp rank sends its own tokens, not a slice of shared ones
+            if self.layout.pp > 1 and self.layout.sequence_parallel:   # each tp rank sends its own tokens
                 cfg.setdefault("pipeline", {}).update(pipe_partitioned=False, grad_partitioned=False)
         elif self.layout.tp > 1:
             tp_section = cfg.setdefault("tensor_parallel", {})
@@ -131,11 +131,8 @@ def _check(run: RunConfig, ds: dict, world_size: int, training: dict) -> None:
 
 
 def _check_sequence_parallel(lay: Layout, seq_len: int) -> None:
-    """Megatron sequence parallelism runs on the pipeline path's Megatron layers (pipe.py, seqpar.py)."""
-    if lay.pp == 1:
-        raise RunConfigError(f"sequence_parallel with tp ({lay.tp}) and pp (1): the program runs sequence "
-                             "parallelism on its tp × pp Megatron-layer path only; plan --pp 2 or more, --no-sp, "
-                             "or render --engine megatron")
+    """Megatron sequence parallelism runs on the program's GPT-2 with Megatron layers (seqpar.py: pipe.py for
+    pp > 1, sp_gpt.py for pp 1; hf_spec.py refuses it for a Hugging Face model)."""
     if seq_len % lay.tp:
         raise RunConfigError(f"sequence_parallel: seq_len ({seq_len}) must be a multiple of tp ({lay.tp}), each "
                              "tensor rank holds seq_len/tp tokens; plan another --seq-len or --tp")

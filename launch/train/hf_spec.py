@@ -50,6 +50,9 @@ class HFModelConfig:
             raise ValueError(f"pp ({layout.pp}) with a Hugging Face model: pipeline parallelism needs the model cut "
                              "into a DeepSpeed PipelineModule, which a transformers model is not; re-plan with --pp 1 "
                              "(ZeRO-3 and tensor parallel split it instead)")
+        if layout.sequence_parallel:
+            raise ValueError(f"sequence_parallel with a Hugging Face model ({model_type}): the program runs Megatron "
+                             "sequence parallelism on its own GPT-2's Megatron layers only; re-plan with --no-sp")
         if layout.tp > 1 and model_type not in AUTOTP_PRESET:
             raise ValueError(f"tp ({layout.tp}) with model_type {model_type!r}: DeepSpeed AutoTP has no partition "
                              f"preset for it here (supported: {', '.join(sorted(AUTOTP_PRESET))}); re-plan with --tp 1")

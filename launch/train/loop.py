@@ -66,12 +66,13 @@ def run(opts: Options) -> dict | None:
         layout = run_cfg.layout
         ckpt_dir = ckpt.checkpoint_dir(opts.run_dir)
         resume_tag = ckpt.check_start(ckpt_dir, opts.resume, opts.overwrite_checkpoints)
-        if layout.tp > 1 and layout.pp > 1:
+        if layout.tp > 1 and (layout.pp > 1 or layout.sequence_parallel):
             try:
                 import megatron.core  # noqa: F401
             except ImportError:
-                raise UserError(f"tp ({layout.tp}) × pp ({layout.pp}) uses Megatron-core tensor-parallel layers: "
-                                "pip install 'shardplan[megatron]' (or re-plan with --tp 1 or --pp 1)") from None
+                what = "sequence parallelism" if layout.sequence_parallel else f"tp ({layout.tp}) × pp ({layout.pp})"
+                raise UserError(f"{what} uses Megatron-core tensor-parallel layers: pip install "
+                                "'shardplan[megatron]' (or re-plan with --tp 1, or --pp 1 without --sp)") from None
         if opts.steps < 1:
             raise UserError(f"--steps ({opts.steps}) must be at least 1")
         use_compile = run_cfg.compile if opts.compile is None else opts.compile

@@ -120,6 +120,9 @@ def build_trainer(run: RunConfig, seed: int, init_state: dict | None) -> Trainer
     elif getattr(run.model, "experts", 0):   # mixture of experts: DeepSpeed's MoE layers (moe.py)
         from .moe import MoEGPT
         model = MoEGPT(run.model, seed)
+    elif run.layout.sequence_parallel:   # tp with pp 1 and SP: Megatron-core layers, not AutoTP (sp_gpt.py)
+        from .sp_gpt import SequenceParallelGPT
+        model, init_state = SequenceParallelGPT(run.model, seed, run.layout.tp, init_state), None
     else:
         model = GPT(run.model, seed)
     if init_state is not None:
@@ -127,7 +130,8 @@ def build_trainer(run: RunConfig, seed: int, init_state: dict | None) -> Trainer
     mpu = None
     if run.layout.tp > 1:
         # AutoTP's groups, created before initialize and passed as mpu, so DeepSpeed counts train_batch_size
-        # over the data-parallel ranks (world / tp) instead of the whole world.
+        # over the data-parallel ranks (world / tp) instead of the whole world; with SP they are DeepSpeed's
+        # view of the Megatron groups the layers use, checked to hold the same ranks below.
         groups._init_tp_mesh_device(tensor_model_parallel_size=run.layout.tp)
         mpu = groups
     if run.layout.cp > 1:   # DeepSpeed-Ulysses: its sequence-parallel groups as mpu, attention all-to-alls
@@ -154,4 +158,9 @@ def build_trainer(run: RunConfig, seed: int, init_state: dict | None) -> Trainer
     dp_group = groups._get_data_parallel_group()
     import deepspeed.comm as dist
     dp_rank = dist.get_rank(group=dp_group) if run.layout.dp > 1 else 0
+    if run.layout.sequence_parallel:
+        from megatron.core import parallel_state
+        ours = (parallel_state.get_data_parallel_rank(), parallel_state.get_tensor_model_parallel_rank())
+        if ours != (dp_rank, tp_rank):
+            raise RuntimeError(f"Megatron groups (dp, tp) {ours} do not match DeepSpeed's {(dp_rank, tp_rank)}")
     return Trainer(engine, run, False, dp_rank, tp_rank, 0, dp_group, optimizer, ep_rank)

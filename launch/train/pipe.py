@@ -4,8 +4,8 @@ AutoTP shards a plain module inside deepspeed.initialize, but on a PipelineModul
 groups do not match the pipeline grid, so 3D uses the Megatron-DeepSpeed pattern instead:
 megatron.core.parallel_state builds the tp/pp/dp groups, DeepSpeed's PipeModelDataParallelTopology
 describes the same rank order (tensor fastest, then data, then pipe), and the projections are
-Megatron ColumnParallelLinear / RowParallelLinear holding this rank's shard of the seeded full weights.
-With the layout's sequence_parallel, the residual stream between blocks holds s/tp tokens per rank
+Megatron ColumnParallelLinear / RowParallelLinear holding this rank's shard of the seeded full weights
+(megatron_layers.py). With the layout's sequence_parallel, the residual stream between blocks holds s/tp tokens per rank
 (seqpar.py): the position embedding scatters the sequence, the final norm gathers it back.
 """
 from __future__ import annotations
@@ -18,6 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from . import seqpar
 from .config import RunConfig
+from .megatron_layers import init_model_parallel, shard_to_megatron
 from .model import Block, GPTConfig, _generator, init_block, lm_loss
 
 
@@ -71,79 +72,11 @@ class PipeBlock(Block):
         self.sp = sp
         self.input_shape: tuple = ()   # the last activation this block received (rank_facts reports it)
         if tp > 1:
-            _shard_to_megatron(self, cfg, tp, sp)
-        if sp:
-            seqpar.mark_sequence_parallel(*self.ln_1.parameters(), *self.ln_2.parameters(),
-                                          self.attn.c_proj.bias, self.mlp.c_proj.bias)
+            shard_to_megatron(self, cfg, tp, sp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.input_shape = tuple(x.shape)
         return seqpar.block(self, x) if self.sp else super().forward(x)
-
-
-def _megatron_config(tp: int):
-    from megatron.core.model_parallel_config import ModelParallelConfig
-    return ModelParallelConfig(tensor_model_parallel_size=tp, use_cpu_initialization=True,
-                               perform_initialization=False, gradient_accumulation_fusion=False,
-                               params_dtype=torch.float32)
-
-
-def _no_init(weight: torch.Tensor) -> None:
-    """The shard is copied from the seeded full weight instead."""
-
-
-def _shard_to_megatron(block: Block, cfg: GPTConfig, tp: int, sp: bool = False) -> None:
-    from megatron.core import parallel_state
-    from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
-    from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
-
-    # Megatron layers return (output, bias); the block wants the output (bias already added).
-    class Column(ColumnParallelLinear):
-        def forward(self, x):
-            return super().forward(x)[0]
-
-    class Row(RowParallelLinear):
-        def forward(self, x):
-            return super().forward(x)[0]
-
-    # Sequence parallel: the column layer all-gathers the sequence (no dgrad all-reduce: the gather's backward
-    # reduce-scatters it), the row layer reduce-scatters its partial sums, then adds the bias on s/tp tokens.
-    class SPColumn(ColumnParallelLinear):
-        def forward(self, x):
-            return super().forward(seqpar.gather_sequence(x))[0]
-
-    class SPRow(RowParallelLinear):
-        def forward(self, x):
-            return seqpar.reduce_scatter_sequence(torch.matmul(x, self.weight.t())) + self.bias
-
-    if sp:
-        Column, Row = SPColumn, SPRow   # noqa: F811
-
-    rank = parallel_state.get_tensor_model_parallel_rank()
-    config = _megatron_config(tp)
-    for owner, name, kind in ((block.attn, "c_attn", "qkv"), (block.mlp, "c_fc", "column"),
-                              (block.attn, "c_proj", "row"), (block.mlp, "c_proj", "row")):
-        full: nn.Linear = getattr(owner, name)
-        w, b = full.weight.detach(), full.bias.detach()
-        if kind == "row":
-            layer = Row(full.in_features, full.out_features, config=config, init_method=_no_init, bias=True,
-                        input_is_parallel=True, skip_bias_add=False)
-            shard_w, shard_b = w.chunk(tp, dim=1)[rank], b
-        else:
-            layer = Column(full.in_features, full.out_features, config=config, init_method=_no_init, bias=True,
-                           gather_output=False, disable_grad_reduce=sp)
-            if kind == "qkv":   # [q; k; v] viewed as [3, -1, in]: each rank takes its heads of all three
-                shard_w = w.view(3, -1, w.shape[1]).chunk(tp, dim=1)[rank].reshape(-1, w.shape[1])
-                shard_b = b.view(3, -1).chunk(tp, dim=1)[rank].reshape(-1)
-            else:
-                shard_w, shard_b = w.chunk(tp, dim=0)[rank], b.chunk(tp, dim=0)[rank]
-        with torch.no_grad():
-            layer.weight.copy_(shard_w)
-            layer.bias.copy_(shard_b)
-        # Megatron marks weights tensor-parallel only when it initializes them itself (perform_initialization);
-        # DeepSpeed's gradient norm needs the mark to count every rank's shard.
-        set_tensor_model_parallel_attributes(layer.weight, True, 1 if kind == "row" else 0, 1)
-        setattr(owner, name, layer)
 
 
 def build_pipeline(run: RunConfig, seed: int, init_state: dict | None):
@@ -151,50 +84,22 @@ def build_pipeline(run: RunConfig, seed: int, init_state: dict | None):
     from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
     from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
 
-    if run.layout.tp > 1:
-        from megatron.core import parallel_state
-        if not parallel_state.model_parallel_is_initialized():
-            parallel_state.initialize_model_parallel(run.layout.tp, run.layout.pp, create_gloo_process_groups=False)
+    tp_rank = init_model_parallel(run.layout.tp, run.layout.pp) if run.layout.tp > 1 else 0
     cfg, sp = run.model, run.layout.sequence_parallel
     specs = [TiedLayerSpec("wte", TokenEmbedding, cfg, seed, tied_weight_attr="weight"),
              LayerSpec(PositionEmbedding, cfg, seed, sp)]
     specs += [LayerSpec(PipeBlock, cfg, seed, i, run.layout.tp, sp) for i in range(cfg.n_layers)]
     specs += [LayerSpec(FinalNorm, cfg.hidden, sp),
               TiedLayerSpec("wte", TokenEmbedding, cfg, seed, forward_fn=_lm_head, tied_weight_attr="weight")]
-    SequenceParallelPipeline = _sequence_parallel_pipeline()
     topology = PipeModelDataParallelTopology(num_pp=run.layout.pp, num_mp=run.layout.tp, num_dp=run.layout.dp)
     recompute = run.layout.checkpointing == "full"
-    module = (SequenceParallelPipeline if sp else PipelineModule)(layers=specs, topology=topology, loss_fn=lambda logits, y: lm_loss(logits, y),
+    module = PipelineModule(layers=specs, topology=topology, loss_fn=lambda logits, y: lm_loss(logits, y),
                             partition_method="type:PipeBlock", activation_checkpoint_interval=1 if recompute else 0,
                             activation_checkpoint_func=functools.partial(checkpoint, use_reentrant=False))
     if init_state is not None:
         load_full_state_into_pipeline(module, init_state, run)
-    tp_rank = 0
-    if run.layout.tp > 1:
-        from megatron.core import parallel_state
-        tp_rank = parallel_state.get_tensor_model_parallel_rank()
     _count_each_stage_once_in_grad_norm(module, tp_rank)
     return module
-
-
-def _sequence_parallel_pipeline():
-    from deepspeed.pipe import PipelineModule
-
-    class SequenceParallelPipeline(PipelineModule):
-        """A PipelineModule whose sequence-parallel gradients are summed over the tp group once per step.
-
-        DeepSpeed's pipeline engine sums the gradient of every (weight, group) this method returns in its
-        ReduceTiedGrads instruction, after the last backward and before the data-parallel reduce and the
-        optimizer step (runtime/pipe/engine.py _exec_reduce_tied_grads); the norms and row biases marked
-        `sequence_parallel` are added with the tp group, as megatron-core's finalize_model_grads does.
-        """
-
-        def get_tied_weights_and_groups(self):
-            group = seqpar.tp_group()
-            return super().get_tied_weights_and_groups() + \
-                [(p, group) for p in self.parameters() if getattr(p, "sequence_parallel", False)]
-
-    return SequenceParallelPipeline
 
 
 def _count_each_stage_once_in_grad_norm(module, tp_rank: int) -> None:

@@ -1,4 +1,5 @@
-"""Megatron sequence parallelism for the pipeline's blocks: each tensor rank holds s/tp tokens between them.
+"""Megatron sequence parallelism for the program's Megatron-layer blocks: each tensor rank holds s/tp tokens
+between them (the tp × pp pipeline, pipe.py, and tp with pp 1, sp_gpt.py).
 
 Megatron's pattern (Korthikanti et al. 2022, megatron/core/tensor_parallel/mappings.py and layers.py):
 the residual stream, the LayerNorms and the row layers' bias add run on this rank's s/tp tokens in
@@ -8,8 +9,11 @@ all-reduces them. The mappings are written here against the input's device becau
 0.16.1's own (and ColumnParallelLinear's sequence_parallel path) allocate their buffers with
 torch.cuda.current_device(), which a CPU run on gloo does not have; the weights stay megatron-core's
 ColumnParallelLinear / RowParallelLinear. The norms' and row biases' gradients are sums over this
-rank's tokens only: they are marked `sequence_parallel` and summed over the tp group once per step
-(pipe.py), as megatron-core's finalize_model_grads does.
+rank's tokens only, so each is summed over the tp group as backward produces it, before the gradient
+reaches the parameter (mark_sequence_parallel). Megatron-core sums them once per step instead, in
+finalize_model_grads after the last micro-batch; DeepSpeed's ZeRO-2/3 engines reduce and free p.grad
+inside backward, so there is no "after backward, before the step" slot there, and one way serves both
+engines here.
 """
 from __future__ import annotations
 
@@ -126,7 +130,19 @@ def block(blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x + blk.mlp.c_proj(F.gelu(blk.mlp.c_fc(blk.ln_2(x)), approximate="tanh"))
 
 
+def _sum_over_tp(grad: torch.Tensor) -> torch.Tensor:
+    summed = grad.clone()
+    dist.all_reduce(summed, group=tp_group())
+    return summed
+
+
 def mark_sequence_parallel(*params: nn.Parameter) -> None:
-    """Gradients that are sums over this rank's tokens only: summed over the tp group before the step."""
+    """Parameters applied to this rank's tokens only (norms, row biases): their gradient is summed over tp.
+
+    A tensor hook on the leaf runs before the gradient is accumulated into p.grad, so DeepSpeed's own
+    gradient hooks (ZeRO-2/3 reduce-scatter, the pipeline's data-parallel reduce) see the full-sequence
+    gradient, identical on every tensor rank; clipping counts it once (not tensor_model_parallel).
+    """
     for p in params:
-        p.sequence_parallel = True
+        p.sequence_parallel = True   # megatron-core's mark (finalize_model_grads reads it)
+        p.register_hook(_sum_over_tp)
