@@ -66,7 +66,10 @@ def ring_latency_s(cluster: Cluster, size: int, stride: int, passes: int) -> flo
 
 def step_comm(model: ModelSpec, cluster: Cluster, layout: Layout, stage_params: int, seq: int,
               act_bytes: int, bucket: int) -> Comm:
-    dp, tp, pp, m = layout.dp, layout.tp, layout.pp, layout.grad_accum
+    """DeepSpeed's collectives per step. seq: the tokens of a sequence on this rank (seq/cp under Ulysses).
+    Gradients are reduced (and ZeRO-3 weights gathered) over the sequence-data-parallel group, dp·cp ranks:
+    with cp > 1 even dp 1 reduces over the cp ranks (engine.py seq_data_parallel_group)."""
+    dp, tp, pp, m = layout.dp * layout.cp, layout.tp, layout.pp, layout.grad_accum
     z = int(layout.zero_stage)
     grad_bytes = act_bytes * stage_params          # gradients travel in the model dtype (communication_data_type)
     # ---- data parallel (ranks tp apart: DeepSpeed's topology puts model/tensor parallel fastest)

@@ -6,7 +6,8 @@ A step goes through phases with different live sets (what torch.cuda.max_memory_
   bwd_end    end of backward: all gradients (+ the epilogue's partition copy), activations gone
   step       optimizer step: fp32 grads + the foreach-sqrt temporary, no activations
 The peak is the max over phases (not a sum), and the breakdown is the live set of the winning phase.
-Model states: model_states.py; activations: activations.py; both cite the sources they follow.
+Model states: model_states.py; activations: activations.py; both cite the sources they follow. Context
+parallelism (DeepSpeed-Ulysses, ulysses.py): model states sharded over dp·cp ranks, layers on seq/cp tokens.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from .model_states import StateBytes, deepspeed_states, torch_states
 from .moe import moe_activation_extra_bytes
 from .precision import model_bytes
 from .stage import StageShape, stage_shape
+from .ulysses import attention_backward_working_bytes, saved_extra_bytes, sharding_degree
 
 # The caching allocator reserves beyond the allocated peak in proportion to the memory that comes and goes
 # each step (activations, logits, buckets), not the model states: median (peak_reserved - peak_allocated) /
@@ -55,6 +57,9 @@ def _stage_phases(model: ModelSpec, shape: StageShape, layout: Layout, training:
     shards = layout.tp if sp else 1
     full_layer = layer_saved_bytes(model, tokens, layout.tp, act_b, engine, sp)
     work = layer_backward_working_bytes(model, tokens, layout.tp, act_b)
+    if layout.cp > 1:    # Ulysses: SDPA's output beside the exchanged one; flash's whole-sequence backward
+        full_layer += saved_extra_bytes(model, tokens, layout.tp, act_b, layout.checkpointing)
+        work = max(work, attention_backward_working_bytes(model, tokens, layout.tp, act_b))
     if layout.checkpointing == "full":
         saved = checkpoint_input_bytes(model, tokens, act_b, engine, shards)
         work += full_layer              # the layer being recomputed holds its whole working set again
@@ -109,10 +114,10 @@ def memory_phases(model: ModelSpec, cluster: Cluster, layout: Layout,
             def states(part: StageShape, dp: int) -> StateBytes:
                 return deepspeed_states(model, part, dp, z, layout.offload, training.precision, layout.pp, knobs,
                                         training.grad_accum_dtype == "fp32", not cluster.gpu.is_cpu)
-            st = states(shape, layout.dp)
+            st = states(shape, sharding_degree(layout))     # Ulysses: ZeRO shards over the dp·cp ranks
             if shape.expert_params:     # DeepSpeed-MoE: expert parameter groups partitioned over dp/ep
                 st = _add_expert_states(states(replace(shape, params=shape.params - shape.expert_params),
-                                               layout.dp),
+                                               sharding_degree(layout)),
                                         states(replace(shape, params=shape.expert_params, has_embedding=False,
                                                        has_head=False), layout.expert_dp()))
         name = "first" if first and layout.pp > 1 else ("last" if layout.pp > 1 else "all")

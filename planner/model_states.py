@@ -59,7 +59,9 @@ def persistent_small_params(model: ModelSpec, shape: StageShape, threshold: int)
 @lru_cache(maxsize=8192)
 def deepspeed_states(model: ModelSpec, shape: StageShape, dp: int, zero: int, offload: str, precision: str,
                      pp: int, knobs: ZeroKnobs, fp32_grad_accum: bool = False, foreach: bool = True) -> StateBytes:
-    """foreach: torch AdamW's multi-tensor path (CUDA). On CPU torch runs the single-tensor path, whose
+    """dp: the ranks ZeRO partitions over, the engine's seq_data_parallel_group (dp·cp under Ulysses: engine.py
+    passes it as every ZeRO optimizer's and BF16_Optimizer's dp_process_group).
+    foreach: torch AdamW's multi-tensor path (CUDA). On CPU torch runs the single-tensor path, whose
     `exp_avg_sq.sqrt() / bias_correction2_sqrt` holds two temporaries of the largest tensor at once."""
     lp = model_bytes(precision)                       # bytes of the model dtype
 

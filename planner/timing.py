@@ -8,6 +8,8 @@ ZeRO-3's gather/release per module) that partly overlaps the GPU's backward; ZeR
 optimizer synchronizes once per tensor (CheckOverflow.has_overflow_serial), so its step is serialized.
 ZeRO-1/2's step() waits on the device twice (the overflow flag's .item(), the norm's bool()), so the
 per-tensor float64 norm loop and the flat upcast/clip/AdamW/downcast run after the backward, hiding nothing.
+Context parallelism is DeepSpeed-Ulysses (ulysses.py): layers on seq/cp tokens, attention over the whole
+sequence on heads/cp, 8 synchronous all-to-alls per layer and micro-batch, ZeRO over dp·cp ranks.
 
 Host constants are per eager op on the calibration host (../shared/calibration, H200 node, torch 2.11,
 DeepSpeed 0.19.8): HOST_OP_S from plain PyTorch at micro-batch 1 (host bound), op counts read off the
@@ -28,8 +30,9 @@ from .compiled import kernels as compiled_kernels
 from .layout import Layout, compile_refusal
 from .model import ModelSpec
 from .moe import expert_compute_s, moe_comm_s
-from .precision import model_bytes
+from .precision import attention_precision, model_bytes
 from .stage import stage_shape
+from . import ulysses
 
 OPS_PER_LAYER = 16 + 30    # forward ops + backward autograd nodes of one block (norms, matmuls, SDPA, adds)
 MOE_OPS = 40               # deepspeed/moe/sharded_moe.py per MoE layer, forward + backward: top-k gating (softmax,
@@ -110,7 +113,8 @@ def n_param_tensors(model: ModelSpec, layers: int, has_emb: bool, has_head: bool
 
 def estimate_time(model: ModelSpec, cluster: Cluster, layout: Layout, training: Training) -> TimeBreakdown:
     gpu = cluster.gpu
-    m, pp, tp, dp = layout.grad_accum, layout.pp, layout.tp, layout.dp
+    m, pp, tp = layout.grad_accum, layout.pp, layout.tp
+    dp = ulysses.sharding_degree(layout)     # ZeRO shards and reduces over the dp·cp ranks (seq-data-parallel group)
     z = int(layout.zero_stage)
     engine = training.engine
     sp = layout.sequence_parallel
@@ -119,9 +123,20 @@ def estimate_time(model: ModelSpec, cluster: Cluster, layout: Layout, training: 
     last = stage_shape(model, tp, pp, False, sp, stages[-1], layout.ep, layout.etp)
     # the slower stage sets the pipeline's pace: the first (embedding) or the last (head + loss)
     compiled = training.compile and compile_refusal(layout) is None
-    mb_gpu = max(microbatch_gpu_s(gpu, model, s.layers, layout.micro_batch, training.seq_len, tp,
+    cp, seq_r = layout.cp, training.seq_len // layout.cp      # Ulysses: each rank's layers see seq/cp tokens
+    mb_gpu = max(microbatch_gpu_s(gpu, model, s.layers, layout.micro_batch, seq_r, tp,
                                   training.precision, engine, s.has_head, layout.checkpointing, sp, compiled)
                  for s in ((shape, last) if pp > 1 else (shape,)))
+    ulysses_s = ulysses_bytes = 0.0
+    if cp > 1:      # whole-sequence attention on heads/cp, the exchanges' copies, and the exchanges (synchronous)
+        tokens_r, act_b = layout.micro_batch * seq_r, model_bytes(training.precision)
+        mb_gpu += shape.layers * (
+            ulysses.attention_extra_s(gpu, model, layout.micro_batch, training.seq_len, tp, cp,
+                                      attention_precision(training.precision), layout.checkpointing)
+            + ulysses.copy_bytes(model, tokens_r, tp, act_b, layout.checkpointing) / (gpu.hbm_gbps * 1e9
+                                                                                       * gpu.hbm_efficiency))
+        layer_s, layer_b = ulysses.comm_s(cluster, model, layout, tokens_r, act_b, layout.checkpointing)
+        ulysses_s, ulysses_bytes = m * shape.layers * layer_s, m * shape.layers * layer_b
     ep_s = ep_bytes = 0.0
     if shape.moe_layers:     # experts, router, dispatch einsums (planner/moe.py) and the all-to-all per MoE layer
         tokens = layout.micro_batch * training.seq_len
@@ -139,6 +154,8 @@ def estimate_time(model: ModelSpec, cluster: Cluster, layout: Layout, training: 
     mb_host = (ops * HOST_OP_S + ckpt_host) * hs
     if compiled:   # the generated wrapper launches each fused kernel (planner/compiled.py), recompute included
         mb_host = compiled_kernels(shape.layers, autocast, layout.checkpointing == "full") * TENSOR_OP_S * hs
+    if cp > 1:
+        mb_host += shape.layers * _calls(ulysses.host_calls(layout.checkpointing)) * hs
     if tp > 1:      # the TP linears' own host work (a collective call costs at least a plain tensor call)
         calls, views, collectives = TP_LINEAR_HOST[training.tp_linear]
         mb_host += shape.layers * ((calls + collectives) * TENSOR_OP_S + views * VIEW_OP_S) * hs
@@ -179,20 +196,23 @@ def estimate_time(model: ModelSpec, cluster: Cluster, layout: Layout, training: 
     # ZeRO-3's step() starts with has_overflow's .item(), which waits for the backward: its optimizer runs after
     host = host_fb + ds_host
     overlapped_opt = opt_gpu if engine == "torch" else 0.0
-    device = gpu_fb + overlapped_opt + zero_gpu
+    device = gpu_fb + overlapped_opt + zero_gpu + ulysses_s     # the device stream waits on the exchanges
     race = max(host, device) + OVERLAP_LEFT * min(host, device)
     compute_s = gpu_fb
     optimizer_s = (opt_gpu if z not in (1, 2) else 0.0) + opt_host_serial + zero_gpu + serial_s
     overhead_s = race - device          # host time (Python, hooks, launches) the GPU waits for
-    comm = step_comm(model, cluster, layout, shape.params, training.seq_len, act_bytes, knobs.reduce_bucket)
+    comm = step_comm(model, cluster, layout, shape.params, seq_r, act_bytes, knobs.reduce_bucket)
     # backward is ~2/3 of a micro-batch's work; ZeRO-1 reduces only during the boundary micro-batch's
     backward_s = (mb_gpu if z == 1 else gpu_fb) * 2 / 3
     hidden = min(comm.dp_overlappable_s, backward_s) if (knobs.overlap_comm or z == 3) else 0.0
     dp_s = comm.dp_s - hidden
     bubble = (pp - 1) * mb_gpu if pp > 1 else 0.0          # 1F1B: (p-1) micro-batch slots idle
-    return TimeBreakdown(compute_s=compute_s, optimizer_s=optimizer_s, dp_comm_s=dp_s, tp_comm_s=comm.tp_s,
-                         pp_comm_s=comm.pp_s, bubble_s=bubble, offload_s=offload_s, overhead_s=overhead_s,
-                         comm_bytes=int(comm.dp_bytes + comm.tp_bytes + comm.pp_bytes + ep_bytes), ep_comm_s=ep_s)
+    # the Ulysses exchanges are reported with the tensor-parallel collectives (as Megatron's cp ring is)
+    return TimeBreakdown(compute_s=compute_s, optimizer_s=optimizer_s, dp_comm_s=dp_s,
+                         tp_comm_s=comm.tp_s + ulysses_s, pp_comm_s=comm.pp_s, bubble_s=bubble,
+                         offload_s=offload_s, overhead_s=overhead_s,
+                         comm_bytes=int(comm.dp_bytes + comm.tp_bytes + comm.pp_bytes + ep_bytes + ulysses_bytes),
+                         ep_comm_s=ep_s)
 
 
 def _calls(ops: tuple[int, int]) -> float:
