@@ -123,6 +123,8 @@ def inputs_from_options(opts: dict):
                               opts.get("precision") or "bf16", opts.get("engine") or "deepspeed")
     if opts.get("mfu_peak"):
         training = dataclasses.replace(training, mfu_peak=opts["mfu_peak"])
+    if opts.get("cp_comm_type"):
+        training = dataclasses.replace(training, cp_comm_type=opts["cp_comm_type"])
     headroom = parse_headroom(opts.get("headroom", "10%"))
     return model, cluster, training, headroom
 
@@ -177,7 +179,8 @@ def _keys(d, what: str, known) -> dict:
     return out
 
 
-ENGINE_OPTIONS = ("attention", "overlap_grad_reduce", "tp_backward_overlap")   # --batch "training" keys
+ENGINE_OPTIONS = ("attention", "overlap_grad_reduce", "tp_backward_overlap",
+                  "cp_comm_type")   # --batch "training" keys beyond the flags'
 
 
 def resolve_request(request, opts: dict, layout_opts: dict, cache: dict):
@@ -207,6 +210,8 @@ def resolve_request(request, opts: dict, layout_opts: dict, cache: dict):
     built = dataclasses.replace(built, **{k: training[k] for k in ("engine", "zero_buckets") if k in training})
     # how the Megatron version that ran attended and overlapped (planner/estimate.py Training)
     built = dataclasses.replace(built, **{k: training[k] for k in ENGINE_OPTIONS if k in training})
+    if "cp_comm_type" not in training and opts.get("cp_comm_type"):
+        built = dataclasses.replace(built, cp_comm_type=opts["cp_comm_type"])
     if training.get("mfu_peak", opts.get("mfu_peak")):
         built = dataclasses.replace(built, mfu_peak=training.get("mfu_peak", opts.get("mfu_peak")))
     headroom = parse_headroom(training.get("headroom", opts.get("headroom", "10%")))

@@ -28,10 +28,16 @@ def megatron_sharding(zero_stage: int) -> str:
             "Megatron-FSDP optim_grads_params")[int(zero_stage)]
 
 
-def check_engine_layout(model: ModelSpec, layout: Layout, engine: str, seq_len: int) -> None:
+def check_engine_layout(model: ModelSpec, layout: Layout, engine: str, seq_len: int,
+                        cp_comm_type: str = "p2p") -> None:
     """Raise ValueError naming the engine's rule and the fix when `engine` cannot run `layout`."""
     if engine == "megatron":
         _megatron(model, layout, seq_len)
+        split = layout.tp * layout.cp
+        if layout.cp > 1 and cp_comm_type == "a2a" and (model.n_heads % split or model.n_kv_heads % split):
+            raise ValueError(f"--cp-comm-type a2a splits each tp rank's heads over cp: tp·cp = {split} must divide "
+                             f"n_heads({model.n_heads}) and n_kv_heads({model.n_kv_heads}) of {model.name}; use "
+                             "--cp-comm-type p2p, or a smaller --cp")
     elif engine in ("deepspeed", "torch"):
         _deepspeed(model, layout, seq_len)
     else:

@@ -7,6 +7,7 @@ from .cluster import Cluster
 from .layout import Layout, Precision, PRECISIONS
 
 MFU_PEAKS = ("bf16", "fp16", "fp32", "fp8", "fp4")   # Training.mfu_peak: GPUType.peak_tflops' precisions
+CP_COMM_TYPES = ("p2p", "a2a", "allgather")          # Training.cp_comm_type: Megatron-LM's --cp-comm-type
 from .model import ModelSpec
 
 
@@ -35,6 +36,12 @@ class Training:
     # synchronous all-reduce of mpu/mappings.py before that (the SC21 code the 2021 published runs used).
     overlap_grad_reduce: bool = True
     tp_backward_overlap: bool = True
+    # How Megatron's context parallelism exchanges the sequence (--cp-comm-type; Transformer Engine's
+    # attention/dot_product_attention/context_parallel.py): "p2p" (the K/V ring, overlapped with the attention of
+    # the chunk held), "a2a" (all-to-all of q, k, v and the output over the heads, Ulysses-style: heads and kv
+    # heads per tp rank must split over cp) or "allgather" (K/V all-gathered forward and again backward, dK/dV
+    # reduce-scattered; exposed). The DeepSpeed engine's cp is always Ulysses' all-to-all.
+    cp_comm_type: str = "p2p"
     # Which ZeRO buffer sizes the ds_config carries: "shardplan" (what render writes, planner/ds_knobs.py)
     # or "deepspeed" (DeepSpeed's defaults: 5e8-element buckets, overlap_comm only for ZeRO-3).
     zero_buckets: str = "shardplan"
@@ -75,6 +82,11 @@ class Training:
         if self.attention == "unfused" and self.engine != "megatron":
             raise ValueError("attention('unfused') is Megatron's --attention-backend unfused; shardplan's DeepSpeed "
                              "program runs flash attention (SDPA): use --engine megatron")
+        if self.cp_comm_type not in CP_COMM_TYPES:
+            raise ValueError(f"cp_comm_type({self.cp_comm_type!r}) must be one of {', '.join(CP_COMM_TYPES)}")
+        if self.cp_comm_type != "p2p" and self.engine != "megatron":
+            raise ValueError(f"cp_comm_type({self.cp_comm_type!r}) is Megatron's --cp-comm-type; the DeepSpeed "
+                             "engine's context parallelism is Ulysses (an all-to-all): use --engine megatron")
         for name in ("overlap_grad_reduce", "tp_backward_overlap"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}({getattr(self, name)!r}) must be true or false")
@@ -195,7 +207,8 @@ class Estimate:
                 "layout": self.layout.to_dict(),
                 "training": {"seq_len": self.training.seq_len, "global_batch": self.layout.global_batch,
                              "precision": self.training.precision, "optimizer": self.training.optimizer,
-                             "compile": self.training.compile, "fused_step": self.training.fused_step},
+                             "compile": self.training.compile, "fused_step": self.training.fused_step,
+                             "cp_comm_type": self.training.cp_comm_type},
                 "memory": self.memory.to_dict(), "time": self.time.to_dict(), "fits": self.fits,
                 "step_time_s": self.step_time_s, "tokens_per_s": self.tokens_per_s, "mfu": self.mfu,
                 "mfu_peak": self.mfu_peak, "model_tflops_per_gpu": self.model_tflops_per_gpu}

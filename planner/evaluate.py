@@ -18,7 +18,7 @@ def usable_bytes(capacity: int, headroom: float) -> float:
 
 
 def check_layout(model: ModelSpec, cluster: Cluster, layout: Layout, engine: str = "deepspeed",
-                 seq_len: int = 0) -> None:
+                 seq_len: int = 0, cp_comm_type: str = "p2p") -> None:
     """Raise ValueError naming the value and the fix when the layout cannot run on this model and cluster
     (what every engine needs here, then the engine's own rules: planner/engines.py)."""
     if layout.world_size != cluster.world_size:
@@ -34,7 +34,7 @@ def check_layout(model: ModelSpec, cluster: Cluster, layout: Layout, engine: str
         if heads % layout.tp:
             raise ValueError(f"tp({layout.tp}) must divide {name}({heads}) of {model.name}; "
                              f"use --tp in {[t for t in divisors(heads) if t <= domain]}")
-    check_engine_layout(model, layout, engine, seq_len)
+    check_engine_layout(model, layout, engine, seq_len, cp_comm_type)
 
 
 def cross_node_tp(cluster: Cluster, layout: Layout) -> bool:
@@ -46,7 +46,7 @@ def evaluate(model: ModelSpec, cluster: Cluster, layout: Layout, training: Train
              headroom: float = 0.1) -> Estimate:
     """Memory and step time of one layout. training.global_batch 0 means the layout's own."""
     check_headroom(headroom)
-    check_layout(model, cluster, layout, training.engine, training.seq_len)
+    check_layout(model, cluster, layout, training.engine, training.seq_len, training.cp_comm_type)
     if training.global_batch == 0:
         training = dataclasses.replace(training, global_batch=layout.global_batch)
     elif training.global_batch != layout.global_batch:

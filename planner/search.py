@@ -162,6 +162,9 @@ def families(model: ModelSpec, cluster: Cluster, c: dict, offload: bool, trainin
         for cp in cps:
             if world % (tp * cp):
                 continue
+            if cp > 1 and training is not None and training.cp_comm_type == "a2a" and (
+                    model.n_heads % (tp * cp) or model.n_kv_heads % (tp * cp)):
+                continue
             rest = world // (tp * cp)
             for pp in pp_degrees(model, rest, engine) if c.get("pp") is None else [c["pp"]]:
                 if rest % pp:

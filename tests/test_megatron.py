@@ -84,6 +84,32 @@ def test_step_times_against_published_megatron_runs(published):
     assert bloom["fits"], bloom                                    # BLOOM 176B's layout ran: it must fit
 
 
+def test_cp_comm_types_have_their_rules_costs_and_flags(megatron_runs, tmp_path):
+    """--cp-comm-type: a2a splits the heads over tp·cp (Transformer Engine asserts it), a2a and allgather are
+    exposed where the p2p ring hides behind attention; the render and render --from keep the choice."""
+    model, cluster = get_model("llama-3-8b"), get_cluster("4x8xH100-80GB")
+    t = {"seq_len": 131072, "global_batch": 4, "engine": "megatron"}
+    lay = Layout(dp=4, cp=8, zero_stage=1, micro_batch=1, checkpointing="full")
+    p2p, a2a, ag = (evaluate(model, cluster, lay, Training(**t, cp_comm_type=k)) for k in ("p2p", "a2a", "allgather"))
+    assert p2p.time.tp_comm_s < a2a.time.tp_comm_s and p2p.time.tp_comm_s < ag.time.tp_comm_s
+    assert ag.time.comm_bytes > p2p.time.comm_bytes          # K/V gathered again for the recomputed forward
+    with pytest.raises(ValueError, match=r"tp·cp = 32 must divide .*n_kv_heads\(8\).*--cp-comm-type p2p"):
+        evaluate(model, cluster, Layout(dp=1, tp=4, cp=8, sequence_parallel=True, zero_stage=1, grad_accum=4,
+                                        checkpointing="full"), Training(**t, cp_comm_type="a2a"))
+    chosen = plan(model, cluster, Training(**t, cp_comm_type="a2a"))
+    assert all(model.n_kv_heads % (e.layout.tp * e.layout.cp) == 0 for e in [chosen.best, *chosen.candidates])
+    out = CliRunner().invoke(main, ["estimate", "--model", "llama-3-8b", "--cluster", "1x8xH100-80GB", "--cp", "2",
+                                    "--cp-comm-type", "a2a"])
+    assert out.exit_code == 2 and "use --engine megatron" in out.output
+    args = (megatron_runs["cp4-a2a"] / "megatron_args.sh").read_text()
+    assert "--context-parallel-size 4 --cp-comm-type a2a" in args
+    again = CliRunner().invoke(main, ["render", "--from", str(megatron_runs["cp4-a2a"] / "plan.json"),
+                                      "--out", str(tmp_path / "again")])
+    assert again.exit_code == 0, again.output                # the plan's engine and exchange, not the defaults
+    assert "--cp-comm-type a2a" in (tmp_path / "again" / "megatron_args.sh").read_text()
+    assert json.loads((tmp_path / "again" / "plan.json").read_text())["best"]["engine"] == "megatron"
+
+
 def test_communication_overlap_options_expose_what_the_engine_did_not_hide():
     """Megatron-LM before September 2021 ran the tensor-parallel backward all-reduce synchronously, and its
     local DDP reduced the gradients after the backward: both show in full where megatron-core hides them."""
@@ -167,6 +193,8 @@ MATRIX = {
                         "--vpp", "2", "--zero", "1", "--global-batch", "64"],
     "cp2-tp4": ["--model", "llama-3-8b", "--cluster", "2x8xH100-80GB", "--tp", "4", "--sp", "--cp", "2",
                 "--zero", "1", "--global-batch", "16", "--seq", "32768"],
+    "cp4-a2a": ["--model", "llama-3-8b", "--cluster", "2x8xH100-80GB", "--tp", "2", "--sp", "--cp", "4",
+                "--cp-comm-type", "a2a", "--zero", "1", "--global-batch", "8", "--seq", "65536"],
     "uneven-pp16": ["--model", "llama-3.1-405b", "--cluster", "128x8xH100-80GB", "--tp", "8", "--sp", "--pp", "16",
                     "--zero", "1", "--global-batch", "256", "--micro-batch", "1"],
     "gpt-full-recompute": ["--model", "megatron-gpt-18b", "--cluster", "32x8xA100-80GB", "--tp", "8",

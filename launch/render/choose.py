@@ -2,6 +2,8 @@
 fixed and re-evaluated. No torch; errors are ValueErrors naming the value and the fix."""
 from __future__ import annotations
 
+import dataclasses
+
 from shardplan.planner import evaluate, plan
 from shardplan.planner.cluster import Cluster
 from shardplan.planner.layout import field_name
@@ -59,7 +61,11 @@ def choose_estimate(opts: dict, fixed_flags: dict, *, from_plan=None, given: fro
     training = build_training(model, opts.get("seq") or t["seq_len"],
                               opts.get("global_batch") or (None if opts.get("global_batch_tokens") else t["global_batch"]),
                               opts.get("global_batch_tokens"),
-                              opts["precision"] if "precision" in given else t.get("precision", "bf16"))
+                              opts["precision"] if "precision" in given else t.get("precision", "bf16"),
+                              opts["engine"] if "engine" in given else best.get("engine", "deepspeed"))
+    # the plan's engine options unless the command line says otherwise
+    cp_comm = opts["cp_comm_type"] if "cp_comm_type" in given else t.get("cp_comm_type", "p2p")
+    training = dataclasses.replace(training, cp_comm_type=cp_comm)
     headroom = parse_headroom(opts.get("headroom", "10%"))
     before = rundir.plan_layout(data, from_plan).to_flags()
     merged = {**before, **fixed}

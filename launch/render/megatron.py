@@ -56,7 +56,7 @@ def megatron_args(est: Estimate, schedule: Schedule) -> tuple[tuple[str, ...], .
     if lay.sequence_parallel:
         args.append(("--sequence-parallel",))
     if lay.cp > 1:
-        args.append(("--context-parallel-size", str(lay.cp), "--cp-comm-type", "p2p"))
+        args.append(("--context-parallel-size", str(lay.cp), "--cp-comm-type", tr.cp_comm_type))
     if lay.vpp > 1:   # (this form also works with uneven first/last stages, unlike --num-layers-per-virtual-...)
         args.append(("--num-virtual-stages-per-pipeline-rank", str(lay.vpp)))
     if lay.pp_layers is not None and len(set(lay.pp_layers)) > 1:

@@ -19,9 +19,10 @@ parallel dimension exposes, read from megatron/core's schedules and layers.
   (overlap_grad_reduce); the distributed optimizer reduce-scatters them and all-gathers the updated bf16
   weights during the next forward (overlap_param_gather). What outlasts the compute it hides behind shows;
   with Training.overlap_grad_reduce False all of it does.
-- Context parallel (transformer/dot_product_attention_context_parallel / TE's ring attention): each rank
-  passes its K/V chunk around the ring (cp-1 steps forward, K/V and their gradients backward), overlapped
-  with the attention of the chunk it holds.
+- Context parallel (Transformer Engine's attention/dot_product_attention/context_parallel.py, --cp-comm-type):
+  p2p passes each rank's K/V chunk around the ring (cp-1 steps forward, K/V and their gradients backward),
+  overlapped with the attention of the chunk it holds; a2a all-to-alls q, k, v and the output over the heads
+  (and their gradients), allgather gathers K/V forward and backward and reduce-scatters dK/dV: both exposed.
 - Optimizer: a fused Adam over the rank's fp32 shard, the gradient norm, and zeroing the grad buffer.
 """
 from __future__ import annotations
@@ -120,15 +121,29 @@ def megatron_time(model: ModelSpec, cluster: Cluster, layout: Layout, training: 
         tp_s = m * layers * per_layer
         tp_bytes = m * layers * (fwd_units + bwd_exposed + bwd_hidden + redo) * unit
 
-    # ---- context parallel: the K/V ring, hidden behind the attention of the local chunk
+    # ---- context parallel (Transformer Engine's context_parallel.py, by Training.cp_comm_type)
     cp_s = cp_bytes = 0.0
     if cp > 1:
         bw, lat = group_bandwidth(cluster, cp, tp)
-        kv = tokens * 2 * model.n_kv_heads * model.head_dim * act_b / tp
-        ring = 3 * (cp - 1) * kv                                        # K,V forward; K,V and dK,dV backward
-        attn = attention_s(gpu, model, layout.micro_batch, training.seq_len, tp, attn_prec) / cp
-        cp_s = m * layers * (max(0.0, ring / bw - attn) + 3 * (cp - 1) * lat)
-        cp_bytes = m * layers * ring
+        kv = tokens * 2 * model.n_kv_heads * model.head_dim * act_b / tp   # this rank's K and V
+        redo = 2 if layout.checkpointing == "full" else 1                   # the recomputed forward's exchange
+        if training.cp_comm_type == "a2a":
+            # all-to-all of q, k, v before the attention and of its output after (then dout, dq, dk, dv):
+            # each rank keeps 1/cp of what it holds; synchronous around the attention
+            q = tokens * model.n_heads * model.head_dim * act_b / tp
+            one_way = (cp - 1) / cp * (2 * q + kv)
+            cp_bytes = m * layers * (redo + 1) * one_way
+            cp_s = cp_bytes / bw + m * layers * 4 * (redo + 1) * lat
+        elif training.cp_comm_type == "allgather":
+            # K/V all-gathered forward (and again backward), dK/dV reduce-scattered: "exposed" (TE's docstring)
+            cp_bytes = m * layers * (redo + 2) * (cp - 1) * kv
+            cp_s = cp_bytes / bw + m * layers * 2 * (redo + 2) * lat
+        else:
+            # the K/V ring (p2p): K,V forward; K,V and dK,dV backward, hidden behind the local chunk's attention
+            ring = 3 * (cp - 1) * kv
+            attn = attention_s(gpu, model, layout.micro_batch, training.seq_len, tp, attn_prec) / cp
+            cp_s = m * layers * (max(0.0, ring / bw - attn) + 3 * (cp - 1) * lat)
+            cp_bytes = m * layers * ring
 
     # ---- data parallel (and cp: the weights are the same on dp·cp ranks)
     shape = stage_shape(model, tp, pp, True, True, stages[0], layout.ep, layout.etp)

@@ -13,7 +13,7 @@ from shardplan.launch import inputs
 from shardplan.planner.layout import CHECKPOINTING, LAYOUT_FLAGS, OFFLOADS
 from shardplan.planner.engines import ENGINES
 from shardplan.planner.layout import PRECISIONS
-from shardplan.planner.estimate import MFU_PEAKS
+from shardplan.planner.estimate import CP_COMM_TYPES, MFU_PEAKS
 
 
 class PlanError(click.ClickException):
@@ -67,6 +67,9 @@ def common_options(f):
         click.option("--engine", type=click.Choice(ENGINES), default="deepspeed", show_default=True,
                      help="Who runs the training: DeepSpeed (shardplan's program, ds_config.json) or Megatron-core "
                           "(Megatron-LM's pretrain_gpt.py, megatron_args.sh)."),
+        click.option("--cp-comm-type", type=click.Choice(CP_COMM_TYPES), default="p2p", show_default=True,
+                     help="Megatron context parallelism's exchange: p2p (K/V ring, hidden behind attention), a2a "
+                          "(all-to-all over heads: tp·cp must divide the kv heads) or allgather (K/V gathered)."),
         click.option("--headroom", default="10%", show_default=True,
                      help="Memory kept free on each GPU (fragmentation, CUDA context): 10% or 0.1."),
         click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON."),
