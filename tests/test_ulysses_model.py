@@ -89,3 +89,41 @@ def test_cp_1_is_the_plain_model():
     phases = dict(memory_phases(LLAMA2_7B, cluster, est.layout, est.training))
     assert est.memory.peak_bytes == max(sum(v) for v in phases.values())
     assert ulysses.comm_s(cluster, LLAMA2_7B, est.layout, SEQ, 2, "full") == (0.0, 0.0)
+
+
+@pytest.mark.multiproc
+@pytest.mark.parametrize("zero", [1, 3])
+def test_real_deepspeed_partitions_over_the_dp_cp_ranks(zero, tmp_path):
+    """DeepSpeed 0.19.8 on CPU (2 processes, gloo, ~7 s each), given the program's Ulysses mpu with cp 2 and dp 1:
+    ZeRO's group has 2 ranks, and each holds the half of the fp32 master (and at ZeRO-3 of the weights) that the
+    planner's model states count at the planner's sharding degree."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from shardplan.planner.ds_knobs import ZeroKnobs
+    from shardplan.planner.model_states import deepspeed_states
+    from shardplan.planner.stage import StageShape
+    from train_helpers import free_port
+
+    port = str(free_port())
+    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+    worker = Path(__file__).with_name("ulysses_partition_worker.py")
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                          port, str(worker), str(tmp_path), str(zero)], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    group = ulysses.sharding_degree(Layout(dp=1, tp=1, pp=1, zero_stage=zero, micro_batch=1, grad_accum=1, cp=2))
+    knobs = ZeroKnobs(reduce_bucket=0, allgather_bucket=0, overlap_comm=False, prefetch_bucket=0,
+                      persistence_threshold=0, sub_group=10**12, max_live=0, max_reuse_distance=0)
+    total = ranks[0]["total"]                     # 64·256 + 256 + 256·64 + 64
+    shape = StageShape(params=total, layers=0, has_embedding=False, has_head=False, largest_module=64 * 256 + 256)
+    planned = deepspeed_states(LLAMA2_7B, shape, group, zero, "none", "fp32", 1, knobs)
+    for r in ranks:
+        assert r["seq_dp_world_size"] == group == 2
+        assert r["master_partition"] == planned.optimizer // 12 == total // 2
+        if zero == 3:
+            assert r["params_held"] == planned.params // 4 == total // 2     # the resident shard (fp32)
