@@ -38,7 +38,8 @@ class ZeroStage(IntEnum):
 @dataclass(frozen=True)
 class Layout:
     """A parallel layout. world size = dp · tp · pp · cp; ZeRO (or Megatron's distributed optimizer) shards
-    over dp (Megatron: over dp · cp, the ranks that hold the same weights)."""
+    over dp · cp, the ranks that hold the same weights (Megatron's dp·cp group; DeepSpeed-Ulysses' sequence-data-
+    parallel group)."""
 
     dp: int                      # data-parallel degree (replicas, or ZeRO shards)
     tp: int = 1                  # tensor-parallel degree (best inside an NVLink domain)

@@ -175,7 +175,8 @@ def explain(best: Estimate, result: SearchResult, cluster: Cluster) -> list[str]
     options = [Option(e.layout, e.memory.peak_bytes, e) for e in result.fits]
     options += [Option(layout, m.peak_bytes, None) for layout, m in result.misses]
     layout = best.layout
-    lines = [f"{cluster.world_size} GPUs = dp {layout.dp} × tp {layout.tp} × pp {layout.pp}; global batch "
+    cp = f" × cp {layout.cp}" if layout.cp > 1 else ""
+    lines = [f"{cluster.world_size} GPUs = dp {layout.dp} × tp {layout.tp} × pp {layout.pp}{cp}; global batch "
              f"{layout.global_batch} sequences = micro-batch {layout.micro_batch} × grad accum {layout.grad_accum} "
              f"× dp {layout.dp} ({layout.global_batch * best.training.seq_len:,} tokens)"
              + (f"; experts over ep {layout.ep} × etp {layout.etp}" if best.model.is_moe else "")]

@@ -144,6 +144,12 @@ def _stages(model: ModelSpec, pp: int, engine: str, c: dict) -> tuple[int, ...] 
     return uneven_stages(model.n_layers, pp) if engine == "megatron" and model.n_layers % pp else None
 
 
+def _ulysses_runs(model: ModelSpec, tp: int, pp: int, cp: int) -> bool:
+    """Whether shardplan's program runs this DeepSpeed-Ulysses layout (searched; a fixed --cp is checked by
+    the engine's rules instead): the ZeRO engine (pp 1) of a dense model, without tp, heads and kv heads over cp."""
+    return pp == 1 and tp == 1 and not model.is_moe and model.n_heads % cp == 0 and model.n_kv_heads % cp == 0
+
+
 def families(model: ModelSpec, cluster: Cluster, c: dict, offload: bool, training: Training | None = None):
     """Every Family allowed by the engine's rules (planner/engines.py) and the constraints in c."""
     engine = training.engine if training is not None else "deepspeed"
@@ -157,7 +163,8 @@ def families(model: ModelSpec, cluster: Cluster, c: dict, offload: bool, trainin
     if c.get("cp") is not None:
         cps = [c["cp"]]
     else:
-        cps = [1] + [d for d in CP_DEGREES if megatron and seq >= CP_MIN_SEQ and seq % (2 * d) == 0]
+        # Megatron splits a sequence into 2·cp chunks; DeepSpeed-Ulysses into cp
+        cps = [1] + [d for d in CP_DEGREES if seq >= CP_MIN_SEQ and seq % ((2 if megatron else 1) * d) == 0]
     for tp in tps:
         for cp in cps:
             if world % (tp * cp):
@@ -168,6 +175,8 @@ def families(model: ModelSpec, cluster: Cluster, c: dict, offload: bool, trainin
             rest = world // (tp * cp)
             for pp in pp_degrees(model, rest, engine) if c.get("pp") is None else [c["pp"]]:
                 if rest % pp:
+                    continue
+                if cp > 1 and not megatron and c.get("cp") is None and not _ulysses_runs(model, tp, pp, cp):
                     continue
                 dp = rest // pp
                 stages = _stages(model, pp, engine, c)

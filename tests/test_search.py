@@ -1,10 +1,13 @@
 """The search: every layout it returns can run, pruning loses nothing, offload only when needed, explanations."""
 import dataclasses
 import itertools
+import json
 
 import pytest
+from click.testing import CliRunner
 
-from shardplan.planner import Cluster, GPUType, Layout, NothingFits, Training, evaluate, get_model, plan
+from shardplan.cli import main
+from shardplan.planner import Cluster, get_cluster, GPUType, Layout, NothingFits, Training, evaluate, get_model, plan
 from shardplan.planner.layout import divisors
 from shardplan.planner.search import TIE, default_global_batch, family_key, rank
 from shardplan.planner.suggest import leanest, smallest_cluster
@@ -187,3 +190,19 @@ def test_bisection_finds_exactly_the_micro_batches_that_fit(name, per_node, batc
     found = {(family_key(e.layout), e.layout.micro_batch) for e in search(model, cl, training, 0.1, {}, False).fits}
     truth = {(family_key(e.layout), e.layout.micro_batch) for e in brute_force(model, cl, training, 0.1) if e.fits}
     assert found == truth
+
+
+def test_deepspeed_search_tries_ulysses_where_the_program_runs_it(tmp_path):
+    """At 128K tokens nothing fits without context parallelism; the DeepSpeed search tries Ulysses (tp 1, pp 1,
+    heads and kv heads over cp) and the plan renders for shardplan's program with sequence_parallel_size."""
+    model = get_model("llama-3-8b")
+    p = plan(model, get_cluster("2x8xH100-80GB"), Training(seq_len=131072, global_batch=32))
+    assert p.best.fits and p.best.layout.cp > 1
+    assert all(e.layout.cp == 1 or (e.layout.tp == 1 and e.layout.pp == 1 and model.n_kv_heads % e.layout.cp == 0)
+               for e in [p.best, *p.candidates])
+    assert any("× cp " in line for line in p.reasons)
+    out = CliRunner().invoke(main, ["render", "--model", "llama-3-8b", "--cluster", "2x8xH100-80GB", "--seq",
+                                    "131072", "--global-batch", "32", "--out", str(tmp_path / "run")])
+    assert out.exit_code == 0, out.output
+    ds = json.loads((tmp_path / "run" / "ds_config.json").read_text())
+    assert ds["sequence_parallel_size"] == p.best.layout.cp
