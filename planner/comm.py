@@ -104,3 +104,17 @@ def step_comm(model: ModelSpec, cluster: Cluster, layout: Layout, stage_params: 
     pp_vol = 2 * act * m if pp > 1 else 0
     pp_s = (pp_vol / pp_bw + 2 * m * pp_lat) if pp > 1 else 0.0
     return Comm(int(vol) if dp > 1 else 0, dp_s, dp_s * overlappable, int(tp_vol), tp_s, int(pp_vol), pp_s)
+
+
+def all_to_all_s(cluster: Cluster, ranks: int, stride: int, nbytes: float) -> float:
+    """One all-to-all over `ranks` ranks `stride` apart (MoE's ep group, a cp group), each rank holding `nbytes`:
+    (ranks-1)/ranks of it leaves the rank; the peers inside the node are reached over NVLink, the others over
+    the network, both at once."""
+    if ranks <= 1:
+        return 0.0
+    per_node = max(1, min(ranks, cluster.gpus_per_node // max(stride, 1)))
+    inside = nbytes * (per_node - 1) / ranks
+    outside = nbytes * (ranks - per_node) / ranks
+    nv, lat = group_bandwidth(cluster, per_node, stride)
+    net = cluster.inter_node_gbps * 1e9
+    return max(inside / nv if per_node > 1 else 0.0, outside / net if outside else 0.0) + lat * (2 if outside else 1)

@@ -16,7 +16,7 @@ dense layer model for the stage's MoE layers.
 from __future__ import annotations
 
 from .cluster import Cluster
-from .comm import group_bandwidth
+from .comm import all_to_all_s, group_bandwidth
 from .gpu_time import fwd_bwd_gemm_s, gemm_s
 from .model import ModelSpec
 
@@ -114,19 +114,6 @@ def grouped_gemm_s(gpu, groups: int, m: int, n: int, k: int, precision: str) -> 
     peak = gpu.peak_tflops(precision) * 1e12 * gpu.matmul_efficiency * useful
     bytes_s = groups * elem * (m * k + k * n + m * n) / (gpu.hbm_gbps * 1e9 * gpu.hbm_efficiency)
     return max(2.0 * groups * m * n * k / peak, bytes_s)
-
-
-def all_to_all_s(cluster: Cluster, ep: int, stride: int, nbytes: float) -> float:
-    """One all-to-all over ep ranks `stride` apart, each rank holding `nbytes`: (ep-1)/ep of it leaves the rank;
-    the peers inside the node are reached over NVLink, the others over the network, both at once."""
-    if ep <= 1:
-        return 0.0
-    per_node = max(1, min(ep, cluster.gpus_per_node // max(stride, 1)))
-    inside = nbytes * (per_node - 1) / ep
-    outside = nbytes * (ep - per_node) / ep
-    nv, lat = group_bandwidth(cluster, per_node, stride)
-    net = cluster.inter_node_gbps * 1e9
-    return max(inside / nv if per_node > 1 else 0.0, outside / net if outside else 0.0) + lat * (2 if outside else 1)
 
 
 def moe_comm_s(cluster: Cluster, model: ModelSpec, tokens: float, tp: int, ep: int, etp: int, sp: bool, act_b: int,

@@ -27,7 +27,7 @@ from .cluster import Cluster, GPUType
 from .gpu_time import attention_s
 from .layout import Layout
 from .model import ModelSpec
-from .moe import all_to_all_s
+from .comm import all_to_all_s
 
 # host calls of one exchange (_SeqAllToAll.apply, layer.py single_all_to_all): (kernel-launching calls: 2-3 copies,
 # empty_like, all_to_all_single; view calls: apply, reshape, permute x2, reshape)

@@ -30,7 +30,7 @@ from __future__ import annotations
 from math import ceil
 
 from ..cluster import Cluster
-from ..comm import group_bandwidth
+from ..comm import all_to_all_s, group_bandwidth
 from ..estimate import TimeBreakdown, Training
 from ..gpu_time import attention_s, gemm_s, layer_gemms, microbatch_gpu_s
 from ..layout import Layout
@@ -131,9 +131,9 @@ def megatron_time(model: ModelSpec, cluster: Cluster, layout: Layout, training: 
             # all-to-all of q, k, v before the attention and of its output after (then dout, dq, dk, dv):
             # each rank keeps 1/cp of what it holds; synchronous around the attention
             q = tokens * model.n_heads * model.head_dim * act_b / tp
-            one_way = (cp - 1) / cp * (2 * q + kv)
-            cp_bytes = m * layers * (redo + 1) * one_way
-            cp_s = cp_bytes / bw + m * layers * 4 * (redo + 1) * lat
+            calls = redo + 1                                                # forward(s) and backward
+            cp_bytes = m * layers * calls * (cp - 1) / cp * (2 * q + kv)
+            cp_s = m * layers * calls * sum(all_to_all_s(cluster, cp, tp, t) for t in (q, kv / 2, kv / 2, q))
         elif training.cp_comm_type == "allgather":
             # K/V all-gathered forward (and again backward), dK/dV reduce-scattered: "exposed" (TE's docstring)
             cp_bytes = m * layers * (redo + 2) * (cp - 1) * kv
