@@ -12,37 +12,20 @@ from click.testing import CliRunner
 
 from shardplan.cli import main
 from shardplan.launch.train.config import RunConfigError, load_run_config
-from train_helpers import losses, make_run_dir, summary, train
+from train_helpers import SGD_CLIPPED, assert_same_losses, make_run_dir, summary, train_losses
 
 STEPS = 3
-RTOL = 1e-5
 SP = dict(tp=2, pp=2, micro=1, accum=4)   # global batch 4 × 32 tokens, as every layout of test_train_parallel
-SGD_CLIPPED = {"optimizer": {"type": "SGD", "params": {"lr": 0.5}}, "gradient_clipping": 0.05}
-
-
-def _train_ok(run_dir, nproc):
-    result = train(run_dir, nproc, "--steps", str(STEPS))
-    assert result.returncode == 0, result.stderr[-4000:]
-    return losses(run_dir)
-
-
-def _assert_close(got, expected, name):
-    worst = max(abs(a - b) / abs(b) for a, b in zip(got, expected))
-    print(f"\nequivalence {name}: max relative loss difference {worst:.2e} over {STEPS} steps")
-    assert len(got) == len(expected) == STEPS
-    for step, (a, b) in enumerate(zip(got, expected), start=1):
-        assert abs(a - b) <= RTOL * abs(b), f"{name} step {step}: {a} vs {b}"
-    assert expected[-1] < expected[0]
 
 
 @pytest.mark.multiproc
 @pytest.mark.slow   # three runs (1 + 4 + 4 processes): ~35 s on 2 cores
 def test_tp2_pp2_with_sp_matches_one_process_and_tp2_pp2_without(tmp_path):
-    single = _train_ok(make_run_dir(tmp_path / "one", micro=4), 1)
+    single = train_losses(make_run_dir(tmp_path / "one", micro=4), 1, STEPS)
     plain_dir, sp_dir = make_run_dir(tmp_path / "tp2pp2", **SP), make_run_dir(tmp_path / "sp", **SP, sp=True)
-    plain, with_sp = _train_ok(plain_dir, 4), _train_ok(sp_dir, 4)
-    _assert_close(with_sp, single, "tp2-pp2-sp vs one process")
-    _assert_close(with_sp, plain, "tp2-pp2-sp vs tp2-pp2")
+    plain, with_sp = train_losses(plain_dir, 4, STEPS), train_losses(sp_dir, 4, STEPS)
+    assert_same_losses(with_sp, single, "tp2-pp2-sp vs one process", STEPS)
+    assert_same_losses(with_sp, plain, "tp2-pp2-sp vs tp2-pp2", STEPS)
     # Between blocks each rank holds its 32/2 tokens as [seq/tp, batch, hidden]; without SP all 32 as [b, s, h].
     assert [r["block_input_shape"] for r in summary(sp_dir)["ranks"]] == [[16, 1, 64]] * 4
     assert [r["block_input_shape"] for r in summary(plain_dir)["ranks"]] == [[1, 32, 64]] * 4
@@ -53,11 +36,11 @@ def test_tp2_pp2_with_sp_matches_one_process_and_tp2_pp2_without(tmp_path):
 def test_tp2_and_dp2_tp2_with_sp_on_the_zero_engine_match_one_process(tmp_path):
     """pp 1: the ZeRO engine on Megatron layers instead of AutoTP; dp 2 × tp 2 under ZeRO-2 with 2 micro-batches,
     whose gradient hooks reduce and free p.grad inside backward (the SP sums must come before them)."""
-    single = _train_ok(make_run_dir(tmp_path / "one", micro=4), 1)
+    single = train_losses(make_run_dir(tmp_path / "one", micro=4), 1, STEPS)
     tp_dir = make_run_dir(tmp_path / "tp2", tp=2, micro=4, sp=True)
     dp_tp_dir = make_run_dir(tmp_path / "dp2tp2", dp=2, tp=2, micro=1, accum=2, zero=2, sp=True)
-    _assert_close(_train_ok(tp_dir, 2), single, "tp2-sp vs one process")
-    _assert_close(_train_ok(dp_tp_dir, 4), single, "dp2-tp2-sp zero2 vs one process")
+    assert_same_losses(train_losses(tp_dir, 2, STEPS), single, "tp2-sp vs one process", STEPS)
+    assert_same_losses(train_losses(dp_tp_dir, 4, STEPS), single, "dp2-tp2-sp zero2 vs one process", STEPS)
     # Each rank's blocks see its 32/2 tokens as [seq/tp, batch, hidden], on the ZeRO engine (no pipeline).
     assert summary(tp_dir)["method"] == summary(dp_tp_dir)["method"] == "engine"
     assert [r["block_input_shape"] for r in summary(tp_dir)["ranks"]] == [[16, 4, 64]] * 2
@@ -67,7 +50,7 @@ def test_tp2_and_dp2_tp2_with_sp_on_the_zero_engine_match_one_process(tmp_path):
 
 @pytest.fixture(scope="module")
 def sgd_clipped_single(tmp_path_factory):
-    return _train_ok(make_run_dir(tmp_path_factory.mktemp("one"), micro=4, ds_overrides=SGD_CLIPPED), 1)
+    return train_losses(make_run_dir(tmp_path_factory.mktemp("one"), micro=4, ds_overrides=SGD_CLIPPED), 1, STEPS)
 
 
 @pytest.mark.multiproc
@@ -75,8 +58,8 @@ def sgd_clipped_single(tmp_path_factory):
 def test_sp_norm_gradients_are_summed_over_tp_and_clipped_once(tmp_path, sgd_clipped_single, name, layout, nproc):
     """SGD with the clip always active: a LayerNorm gradient left at one rank's tokens (not summed over tp),
     or counted twice in the norm, changes the update and so the curve."""
-    with_sp = _train_ok(make_run_dir(tmp_path, **layout, sp=True, ds_overrides=SGD_CLIPPED), nproc)
-    _assert_close(with_sp, sgd_clipped_single, f"{name} sgd-clipped vs one process")
+    with_sp = train_losses(make_run_dir(tmp_path, **layout, sp=True, ds_overrides=SGD_CLIPPED), nproc, STEPS)
+    assert_same_losses(with_sp, sgd_clipped_single, f"{name} sgd-clipped vs one process", STEPS)
 
 
 def test_sp_needs_a_divisible_sequence_and_leaves_autotp_out(tmp_path):

@@ -12,48 +12,31 @@ from click.testing import CliRunner
 
 from shardplan.cli import main
 from shardplan.launch.train.config import RunConfigError, load_run_config
-from train_helpers import losses, make_run_dir, summary, train
+from train_helpers import SGD_CLIPPED, assert_same_losses, make_run_dir, summary, train_losses
 
 STEPS = 3
-RTOL = 1e-5
-SGD_CLIPPED = {"optimizer": {"type": "SGD", "params": {"lr": 0.5}}, "gradient_clipping": 0.05}
-
-
-def _train_ok(run_dir, nproc):
-    result = train(run_dir, nproc, "--steps", str(STEPS))
-    assert result.returncode == 0, result.stderr[-4000:]
-    return losses(run_dir)
-
-
-def _assert_close(got, expected, name):
-    worst = max(abs(a - b) / abs(b) for a, b in zip(got, expected))
-    print(f"\nequivalence {name}: max relative loss difference {worst:.2e} over {STEPS} steps")
-    assert len(got) == len(expected) == STEPS
-    for step, (a, b) in enumerate(zip(got, expected), start=1):
-        assert abs(a - b) <= RTOL * abs(b), f"{name} step {step}: {a} vs {b}"
-    assert len(set(expected)) == STEPS   # the weights moved every step
 
 
 @pytest.mark.multiproc
 def test_cp2_matches_one_process_with_the_clip_active(tmp_path):
     """SGD with the clip always on: a loss share not divided by cp, a gradient not summed over the cp ranks or a
     norm counted on both of them changes the update, and so the curve."""
-    single = _train_ok(make_run_dir(tmp_path / "one", micro=4, ds_overrides=SGD_CLIPPED), 1)
+    single = train_losses(make_run_dir(tmp_path / "one", micro=4, ds_overrides=SGD_CLIPPED), 1, STEPS)
     cp_dir = make_run_dir(tmp_path / "cp2", cp=2, micro=4, ds_overrides=SGD_CLIPPED)
-    _assert_close(_train_ok(cp_dir, 2), single, "cp2 sgd-clipped vs one process")
+    assert_same_losses(train_losses(cp_dir, 2, STEPS), single, "cp2 sgd-clipped vs one process", STEPS)
     assert [(r["dp_rank"], r["cp_rank"]) for r in summary(cp_dir)["ranks"]] == [(0, 0), (0, 1)]
 
 
 @pytest.mark.multiproc
 @pytest.mark.slow   # 1 + 4 + 2 processes: ~30 s on 2 cores
 def test_dp2_cp2_zero2_and_cp2_zero3_match_one_process(tmp_path):
-    single = _train_ok(make_run_dir(tmp_path / "one", micro=4), 1)
+    single = train_losses(make_run_dir(tmp_path / "one", micro=4), 1, STEPS)
     dp_cp = make_run_dir(tmp_path / "dp2cp2", dp=2, cp=2, micro=2, zero=2)
-    _assert_close(_train_ok(dp_cp, 4), single, "dp2-cp2 zero2 vs one process")
+    assert_same_losses(train_losses(dp_cp, 4, STEPS), single, "dp2-cp2 zero2 vs one process", STEPS)
     # Ranks dp_rank·cp + cp_rank (DeepSpeed's parallel_state_sp): consecutive ranks share a sequence.
     assert [(r["dp_rank"], r["cp_rank"]) for r in summary(dp_cp)["ranks"]] == [(0, 0), (0, 1), (1, 0), (1, 1)]
     z3 = make_run_dir(tmp_path / "cp2z3", cp=2, micro=2, accum=2, zero=3, checkpointing="selective")
-    _assert_close(_train_ok(z3, 2), single, "cp2 zero3 accum2 selective vs one process")
+    assert_same_losses(train_losses(z3, 2, STEPS), single, "cp2 zero3 accum2 selective vs one process", STEPS)
     # ZeRO-3 partitions over the sequence-data-parallel group (dp·cp ranks), not over dp alone.
     held = [r["params_held"] for r in summary(z3)["ranks"]]
     assert held[0] == held[1] and abs(2 * held[0] - summary(tmp_path / "one")["ranks"][0]["params_held"]) <= 2

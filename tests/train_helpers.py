@@ -96,3 +96,25 @@ def losses(run_dir: Path) -> list[float]:
 def summary(run_dir: Path) -> dict:
     lines = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [r for r in lines if r.get("event") == "summary"][-1]
+
+
+EQUIVALENCE_RTOL = 1e-5   # relative loss difference allowed between a parallel layout and one process
+SGD_CLIPPED = {"optimizer": {"type": "SGD", "params": {"lr": 0.5}}, "gradient_clipping": 0.05}   # clip always on
+
+
+def train_losses(run_dir: Path, nproc: int, steps: int) -> list[float]:
+    """Train `steps` steps on nproc CPU processes (it must succeed) and return the logged losses."""
+    result = train(run_dir, nproc, "--steps", str(steps))
+    assert result.returncode == 0, result.stderr[-4000:]
+    return losses(run_dir)
+
+
+def assert_same_losses(got: list[float], expected: list[float], name: str, steps: int) -> None:
+    """Every step's loss within EQUIVALENCE_RTOL of the reference's, and the reference moving every step (the
+    comparison is not between two constant curves)."""
+    worst = max(abs(a - b) / abs(b) for a, b in zip(got, expected))
+    print(f"\nequivalence {name}: max relative loss difference {worst:.2e} over {steps} steps")
+    assert len(got) == len(expected) == steps
+    for step, (a, b) in enumerate(zip(got, expected), start=1):
+        assert abs(a - b) <= EQUIVALENCE_RTOL * abs(b), f"{name} step {step}: {a} vs {b}"
+    assert len(set(expected)) == steps
