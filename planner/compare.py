@@ -25,7 +25,7 @@ from .search import rank, resolve_training, search
 def method_filters(model: ModelSpec, cluster: Cluster) -> dict:
     """Method name -> predicate on a Layout (offload aside)."""
     world, per_node = cluster.world_size, cluster.gpus_per_node
-    max_tp = max(t for t in divisors(per_node) if model.n_heads % t == 0 and model.n_kv_heads % t == 0)
+    max_tp = max(t for t in divisors(per_node) if model.splits_heads(t))
     max_pp = max(p for p in divisors(model.n_layers) if world % p == 0)
 
     def plain(zero):

@@ -34,7 +34,7 @@ def check_engine_layout(model: ModelSpec, layout: Layout, engine: str, seq_len: 
     if engine == "megatron":
         _megatron(model, layout, seq_len)
         split = layout.tp * layout.cp
-        if layout.cp > 1 and cp_comm_type == "a2a" and (model.n_heads % split or model.n_kv_heads % split):
+        if layout.cp > 1 and cp_comm_type == "a2a" and not model.splits_heads(split):
             raise ValueError(f"--cp-comm-type a2a splits each tp rank's heads over cp: tp·cp = {split} must divide "
                              f"n_heads({model.n_heads}) and n_kv_heads({model.n_kv_heads}) of {model.name}; use "
                              "--cp-comm-type p2p, or a smaller --cp")
@@ -84,6 +84,8 @@ def _experts(model: ModelSpec, layout: Layout, engine: str) -> None:
 
 
 def _heads(model: ModelSpec, layout: Layout, split: int, what: str) -> None:
+    if model.splits_heads(split):
+        return
     for name, heads in (("n_heads", model.n_heads), ("n_kv_heads", model.n_kv_heads)):
         if heads % split:
             raise ValueError(f"{what}({split}) must divide {name}({heads}) of {model.name}")

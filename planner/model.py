@@ -97,6 +97,11 @@ class ModelSpec:
         if self.v_head_dim == 0:
             object.__setattr__(self, "v_head_dim", self.head_dim)
 
+    def splits_heads(self, n: int) -> bool:
+        """Whether n ranks can share the attention heads evenly: n divides the heads and the kv heads (tensor
+        parallelism, and Ulysses / Megatron's a2a context parallelism over tp·cp)."""
+        return self.n_heads % n == 0 and self.n_kv_heads % n == 0
+
     # ---- mixture of experts: which layers, and what one expert holds
     @property
     def is_moe(self) -> bool:

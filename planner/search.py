@@ -66,7 +66,7 @@ class SearchResult:
 
 
 def tp_degrees(model: ModelSpec, cluster: Cluster) -> list[int]:
-    return [t for t in divisors(cluster.nvlink_domain) if model.n_heads % t == 0 and model.n_kv_heads % t == 0]
+    return [t for t in divisors(cluster.nvlink_domain) if model.splits_heads(t)]
 
 
 # Context parallelism is searched for long sequences only (below this, the sequence's activations are not
@@ -117,7 +117,7 @@ def expert_degrees(model: ModelSpec, world: int, fam: tuple, engine: str, c: dic
 def check_fixed(model: ModelSpec, cluster: Cluster, c: dict, engine: str = "deepspeed") -> None:
     """A fixed tp or pp that no layout can have: say which values can."""
     if c.get("tp") is not None and c["tp"] not in tp_degrees(model, cluster) and (
-            c["tp"] % cluster.gpus_per_node or model.n_heads % c["tp"] or model.n_kv_heads % c["tp"]):
+            c["tp"] % cluster.gpus_per_node or not model.splits_heads(c["tp"])):
         raise ValueError(f"tp({c['tp']}) must divide the {cluster.nvlink_domain} GPUs of an NVLink domain (or be a "
                          f"multiple of the node's {cluster.gpus_per_node}), n_heads({model.n_heads}) and "
                          f"n_kv_heads({model.n_kv_heads}); use --tp in "
@@ -147,7 +147,7 @@ def _stages(model: ModelSpec, pp: int, engine: str, c: dict) -> tuple[int, ...] 
 def _ulysses_runs(model: ModelSpec, tp: int, pp: int, cp: int) -> bool:
     """Whether shardplan's program runs this DeepSpeed-Ulysses layout (searched; a fixed --cp is checked by
     the engine's rules instead): the ZeRO engine (pp 1) of a dense model, without tp, heads and kv heads over cp."""
-    return pp == 1 and tp == 1 and not model.is_moe and model.n_heads % cp == 0 and model.n_kv_heads % cp == 0
+    return pp == 1 and tp == 1 and not model.is_moe and model.splits_heads(cp)
 
 
 def families(model: ModelSpec, cluster: Cluster, c: dict, offload: bool, training: Training | None = None):
@@ -169,8 +169,7 @@ def families(model: ModelSpec, cluster: Cluster, c: dict, offload: bool, trainin
         for cp in cps:
             if world % (tp * cp):
                 continue
-            if cp > 1 and training is not None and training.cp_comm_type == "a2a" and (
-                    model.n_heads % (tp * cp) or model.n_kv_heads % (tp * cp)):
+            if cp > 1 and training is not None and training.cp_comm_type == "a2a" and not model.splits_heads(tp * cp):
                 continue
             rest = world // (tp * cp)
             for pp in pp_degrees(model, rest, engine) if c.get("pp") is None else [c["pp"]]:
