@@ -47,8 +47,14 @@ def group_bandwidth(cluster: Cluster, size: int, stride: int) -> tuple[float, fl
     # A group spanning domains with k of its ranks in each domain: NCCL's rings (one channel per NIC) cross
     # the network once per k hops, so each rank's share of the cross-domain traffic is 1/k of its ring
     # traffic, carried by k NICs: the bus bandwidth is k times one GPU's network share, up to NVLink's.
-    k = max(1, min(size, domain // stride)) if stride < domain else 1
+    k = _ranks_per_domain(cluster, size, stride)
     return min(cluster.gpu.nvlink_gbps, k * cluster.inter_node_gbps) * 1e9, INTER_NODE_LATENCY_S
+
+
+def _ranks_per_domain(cluster: Cluster, size: int, stride: int) -> int:
+    """How many of a group's `size` ranks, `stride` apart, share one NVLink domain (ranks fill a domain first)."""
+    domain = cluster.nvlink_domain
+    return max(1, min(size, domain // stride)) if stride < domain else 1
 
 
 def ring_latency_s(cluster: Cluster, size: int, stride: int, passes: int) -> float:
@@ -57,9 +63,7 @@ def ring_latency_s(cluster: Cluster, size: int, stride: int, passes: int) -> flo
     the network (NCCL's nInterSteps), the rest are NVLink hops."""
     if size <= 1:
         return 0.0
-    domain = cluster.nvlink_domain
-    per_domain = max(1, min(size, domain // stride)) if stride < domain else 1
-    domains = -(-size // per_domain)
+    domains = -(-size // _ranks_per_domain(cluster, size, stride))
     steps, inter = passes * (size - 1), passes * (domains - 1)
     return NCCL_RING_BASE_S + (steps - inter) * NCCL_NVLINK_HOP_S + inter * NCCL_NET_HOP_S
 
@@ -69,7 +73,7 @@ def step_comm(model: ModelSpec, cluster: Cluster, layout: Layout, stage_params: 
     """DeepSpeed's collectives per step. seq: the tokens of a sequence on this rank (seq/cp under Ulysses).
     Gradients are reduced (and ZeRO-3 weights gathered) over the sequence-data-parallel group, dp·cp ranks:
     with cp > 1 even dp 1 reduces over the cp ranks (engine.py seq_data_parallel_group)."""
-    dp, tp, pp, m = layout.dp * layout.cp, layout.tp, layout.pp, layout.grad_accum
+    dp, tp, pp, m = layout.dp_cp, layout.tp, layout.pp, layout.grad_accum
     z = int(layout.zero_stage)
     grad_bytes = act_bytes * stage_params          # gradients travel in the model dtype (communication_data_type)
     # ---- data parallel (ranks tp apart: DeepSpeed's topology puts model/tensor parallel fastest)

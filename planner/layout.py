@@ -104,6 +104,13 @@ class Layout:
     def world_size(self) -> int:
         return self.dp * self.tp * self.pp * self.cp
 
+    @property
+    def dp_cp(self) -> int:
+        """Ranks holding the same weights, dp·cp (Megatron's data-parallel-with-context-parallel group,
+        DeepSpeed-Ulysses' sequence-data-parallel group): ZeRO and the distributed optimizer shard over them,
+        gradients are reduced over them."""
+        return self.dp * self.cp
+
     def expert_dp(self, engine: str = "deepspeed") -> int:
         """Ranks holding the same expert shard: Megatron world/(etp·ep·pp) (megatron/core/parallel_state.py's
         expert-data-parallel group), DeepSpeed-MoE dp/ep (deepspeed/utils/groups.py

@@ -24,7 +24,7 @@ from .model_states import StateBytes, deepspeed_states, torch_states
 from .moe import moe_activation_extra_bytes
 from .precision import model_bytes
 from .stage import StageShape, stage_shape
-from .ulysses import attention_backward_working_bytes, saved_extra_bytes, sharding_degree
+from .ulysses import attention_backward_working_bytes, saved_extra_bytes
 
 # The caching allocator reserves beyond the allocated peak in proportion to the memory that comes and goes
 # each step (activations, logits, buckets), not the model states: median (peak_reserved - peak_allocated) /
@@ -114,10 +114,10 @@ def memory_phases(model: ModelSpec, cluster: Cluster, layout: Layout,
             def states(part: StageShape, dp: int) -> StateBytes:
                 return deepspeed_states(model, part, dp, z, layout.offload, training.precision, layout.pp, knobs,
                                         training.grad_accum_dtype == "fp32", not cluster.gpu.is_cpu)
-            st = states(shape, sharding_degree(layout))     # Ulysses: ZeRO shards over the dp·cp ranks
+            st = states(shape, layout.dp_cp)     # Ulysses: ZeRO shards over the dp·cp ranks
             if shape.expert_params:     # DeepSpeed-MoE: expert parameter groups partitioned over dp/ep
                 st = _add_expert_states(states(replace(shape, params=shape.params - shape.expert_params),
-                                               sharding_degree(layout)),
+                                               layout.dp_cp),
                                         states(replace(shape, params=shape.expert_params, has_embedding=False,
                                                        has_head=False), layout.expert_dp()))
         name = "first" if first and layout.pp > 1 else ("last" if layout.pp > 1 else "all")

@@ -86,7 +86,7 @@ def versus(best: Estimate, alt: Option, alt_label: str, usable: float) -> str:
 
 def _extra(dim: str, best: Estimate, alt: Option | None, cluster: Cluster) -> str:
     layout = best.layout
-    if dim == "zero_stage" and best.training.engine == "megatron" and layout.dp * layout.cp > 1:
+    if dim == "zero_stage" and best.training.engine == "megatron" and layout.dp_cp > 1:
         return (f"on Megatron-core ZeRO-{int(layout.zero_stage)} is {megatron_sharding(layout.zero_stage)} (ZeRO-1 the "
                 "distributed optimizer, ZeRO-2/3 Megatron-FSDP optim_grads/optim_grads_params)")
     if dim == "zero_stage" and layout.dp == 1:

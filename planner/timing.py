@@ -114,7 +114,7 @@ def n_param_tensors(model: ModelSpec, layers: int, has_emb: bool, has_head: bool
 def estimate_time(model: ModelSpec, cluster: Cluster, layout: Layout, training: Training) -> TimeBreakdown:
     gpu = cluster.gpu
     m, pp, tp = layout.grad_accum, layout.pp, layout.tp
-    dp = ulysses.sharding_degree(layout)     # ZeRO shards and reduces over the dp·cp ranks (seq-data-parallel group)
+    dp = layout.dp_cp     # ZeRO shards and reduces over the dp·cp ranks (the sequence-data-parallel group)
     z = int(layout.zero_stage)
     engine = training.engine
     sp = layout.sequence_parallel

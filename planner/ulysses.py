@@ -4,7 +4,7 @@ Read off DeepSpeed 0.19.8 (deepspeed/sequence/layer.py, runtime/engine.py) and t
 (launch/train/model.py, ulysses.py); memory.py, timing.py and comm.py use these:
 - Groups: given an mpu with get_sequence_data_parallel_group, the engine hands ZeRO-1/2/3 and BF16_Optimizer the
   sequence-data-parallel group (all dp·cp ranks) as dp_process_group, and ZeRO-0's buffered all-reduce sums over
-  it too: model states are sharded, and gradients reduced, over dp·cp ranks (`sharding_degree`).
+  it too: model states are sharded, and gradients reduced, over dp·cp ranks (Layout.dp_cp).
 - Every rank runs the layer on seq/cp tokens; DistributedAttention all-to-alls q, k and v into the whole sequence
   for heads/cp heads and the output back: 4 all_to_all_single per layer forward, 4 in backward
   (_SeqAllToAll.backward), 4 more in the recomputed forward under full checkpointing (selective checkpoints only
@@ -32,11 +32,6 @@ from .comm import all_to_all_s
 # host calls of one exchange (_SeqAllToAll.apply, layer.py single_all_to_all): (kernel-launching calls: 2-3 copies,
 # empty_like, all_to_all_single; view calls: apply, reshape, permute x2, reshape)
 EXCHANGE_HOST_OPS = (5, 5)
-
-
-def sharding_degree(layout: Layout) -> int:
-    """Ranks DeepSpeed shards model states and reduces gradients over: the sequence-data-parallel group."""
-    return layout.dp * layout.cp
 
 
 def _widths(model: ModelSpec, tp: int) -> tuple[float, float]:

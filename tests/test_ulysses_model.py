@@ -116,7 +116,7 @@ def test_real_deepspeed_partitions_over_the_dp_cp_ranks(zero, tmp_path):
                          timeout=120)
     assert run.returncode == 0, run.stderr[-4000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
-    group = ulysses.sharding_degree(Layout(dp=1, tp=1, pp=1, zero_stage=zero, micro_batch=1, grad_accum=1, cp=2))
+    group = Layout(dp=1, tp=1, pp=1, zero_stage=zero, micro_batch=1, grad_accum=1, cp=2).dp_cp
     knobs = ZeroKnobs(reduce_bucket=0, allgather_bucket=0, overlap_comm=False, prefetch_bucket=0,
                       persistence_threshold=0, sub_group=10**12, max_live=0, max_reuse_distance=0)
     total = ranks[0]["total"]                     # 64·256 + 256 + 256·64 + 64

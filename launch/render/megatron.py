@@ -98,14 +98,14 @@ def megatron_args(est: Estimate, schedule: Schedule) -> tuple[tuple[str, ...], .
         args.append(("--use-megatron-fsdp", "--data-parallel-sharding-strategy", strategy(lay.zero_stage),
                      "--use-distributed-optimizer", "--no-gradient-accumulation-fusion", "--ckpt-format",
                      "fsdp_dtensor"))
-        if lay.dp * lay.cp > 1:
+        if lay.dp_cp > 1:
             args.append(("--overlap-grad-reduce", "--overlap-param-gather"))
     elif lay.zero_stage >= 1:
         # Megatron's distributed optimizer shards the fp32 master weights and Adam moments over dp: ZeRO-1.
         args.append(("--use-distributed-optimizer",))
-        if tr.engine == "megatron" and lay.dp * lay.cp > 1:   # what the planner's time model assumes
+        if tr.engine == "megatron" and lay.dp_cp > 1:   # what the planner's time model assumes
             args.append(("--overlap-grad-reduce", "--overlap-param-gather"))
-    elif tr.engine == "megatron" and lay.dp * lay.cp > 1:
+    elif tr.engine == "megatron" and lay.dp_cp > 1:
         args.append(("--overlap-grad-reduce",))
     args += [
         ("--train-iters", str(schedule.steps)), ("--lr", _num(schedule.lr)), ("--min-lr", _num(schedule.lr * 0.1)),

@@ -64,7 +64,7 @@ class Trainer:
             if getattr(self.engine.module, "last_lm_loss", None) is not None:   # MoE: report the LM loss, not + aux
                 loss = self.engine.module.last_lm_loss
             total += loss.detach().float()
-        if self.run.layout.dp * cp > 1:   # every micro-batch holds the same number of tokens: mean of means is mean
+        if self.run.layout.dp_cp > 1:   # every micro-batch holds the same number of tokens: mean of means is mean
             import deepspeed.comm as dist
             dist.all_reduce(total, group=self.dp_group if self.loss_group is None else self.loss_group)
         return total.item() / (self.run.layout.grad_accum * self.run.layout.dp)

@@ -53,7 +53,7 @@ def strategy(zero_stage: int) -> str:
 def bucket_elements(layout: Layout) -> int:
     """Gradient bucket of the non-FSDP-unit parameters: Megatron-LM training.py's default bucket size with
     --overlap-grad-reduce (rendered with FSDP), max(40M, 1M·dp·cp) elements."""
-    return max(40_000_000, 1_000_000 * layout.dp * layout.cp)
+    return max(40_000_000, 1_000_000 * layout.dp_cp)
 
 
 def _split(model: ModelSpec, layout: Layout, shape: StageShape, first: bool) -> tuple[int, int]:
@@ -64,7 +64,7 @@ def _split(model: ModelSpec, layout: Layout, shape: StageShape, first: bool) -> 
 
 def _local(layout: Layout, dense: float, experts: float) -> float:
     """This rank's shard of `dense` elements over dp·cp and `experts` over the expert-data-parallel group."""
-    return dense / (layout.dp * layout.cp) + experts / layout.expert_dp("megatron")
+    return dense / layout.dp_cp + experts / layout.expert_dp("megatron")
 
 
 def fsdp_model_states(model: ModelSpec, layout: Layout, shape: StageShape, first: bool, weight_bytes: int,
@@ -104,7 +104,7 @@ def fsdp_comm_s(cluster: Cluster, model: ModelSpec, layout: Layout, shape: Stage
                 grad_bytes: int, forward_s: float, backward_s: float) -> tuple[float, float]:
     """(exposed seconds per step, bytes per rank on the wire per step) of Megatron-FSDP's collectives on the
     busiest stage (the first). forward_s/backward_s: one micro-batch's compute on that stage."""
-    group, m = layout.dp * layout.cp, layout.grad_accum
+    group, m = layout.dp_cp, layout.grad_accum
     bw, lat = group_bandwidth(cluster, group, layout.tp)
     edp = layout.expert_dp("megatron")
     frac = (group - 1) / group

@@ -94,7 +94,7 @@ def _stage_peak(model: ModelSpec, cluster: Cluster, layout: Layout, training: Tr
     params = act_b * p + weight_workspace_bytes(model, shape.layers, tp, training.precision)   # + cached FP8 weights
     grads = grad_bytes(training.precision) * p
     opt_per_param = 12 if low else 8          # fp32 master (mixed precision only) + exp_avg + exp_avg_sq
-    shards = layout.dp * layout.cp if int(layout.zero_stage) >= 1 else 1
+    shards = layout.dp_cp if int(layout.zero_stage) >= 1 else 1
     optimizer = opt_per_param * (p - shape.expert_params) // shards
     # routed experts: sharded over the expert-data-parallel group, world/(etp·ep·pp) (parallel_state.py)
     optimizer += opt_per_param * shape.expert_params // (layout.expert_dp("megatron") if shards > 1 else 1)

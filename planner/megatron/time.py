@@ -126,18 +126,17 @@ def megatron_time(model: ModelSpec, cluster: Cluster, layout: Layout, training: 
     if cp > 1:
         bw, lat = group_bandwidth(cluster, cp, tp)
         kv = tokens * 2 * model.n_kv_heads * model.head_dim * act_b / tp   # this rank's K and V
-        redo = 2 if layout.checkpointing == "full" else 1                   # the recomputed forward's exchange
+        forwards = 2 if layout.checkpointing == "full" else 1               # + the recomputed forward's exchange
         if training.cp_comm_type == "a2a":
             # all-to-all of q, k, v before the attention and of its output after (then dout, dq, dk, dv):
             # each rank keeps 1/cp of what it holds; synchronous around the attention
             q = tokens * model.n_heads * model.head_dim * act_b / tp
-            calls = redo + 1                                                # forward(s) and backward
-            cp_bytes = m * layers * calls * (cp - 1) / cp * (2 * q + kv)
-            cp_s = m * layers * calls * sum(all_to_all_s(cluster, cp, tp, t) for t in (q, kv / 2, kv / 2, q))
+            cp_bytes = m * layers * (forwards + 1) * (cp - 1) / cp * (2 * q + kv)
+            cp_s = m * layers * (forwards + 1) * sum(all_to_all_s(cluster, cp, tp, t) for t in (q, kv / 2, kv / 2, q))
         elif training.cp_comm_type == "allgather":
             # K/V all-gathered forward (and again backward), dK/dV reduce-scattered: "exposed" (TE's docstring)
-            cp_bytes = m * layers * (redo + 2) * (cp - 1) * kv
-            cp_s = cp_bytes / bw + m * layers * 2 * (redo + 2) * lat
+            cp_bytes = m * layers * (forwards + 2) * (cp - 1) * kv
+            cp_s = cp_bytes / bw + m * layers * 2 * (forwards + 2) * lat
         else:
             # the K/V ring (p2p): K,V forward; K,V and dK,dV backward, hidden behind the local chunk's attention
             ring = 3 * (cp - 1) * kv
@@ -148,7 +147,7 @@ def megatron_time(model: ModelSpec, cluster: Cluster, layout: Layout, training: 
     # ---- data parallel (and cp: the weights are the same on dp·cp ranks)
     shape = stage_shape(model, tp, pp, True, True, stages[0], layout.ep, layout.etp)
     p = shape.params
-    group = layout.dp * cp
+    group = layout.dp_cp
     dp_s = dp_bytes = 0.0
     distributed = int(layout.zero_stage) >= 1
     if group > 1 and uses_fsdp(layout):   # Megatron-FSDP (ZeRO-2/3): per-layer gathers, per-micro-batch reduce-scatters
