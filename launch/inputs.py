@@ -206,12 +206,13 @@ def resolve_request(request, opts: dict, layout_opts: dict, cache: dict):
     t = {k: training.get(k, opts.get(k)) for k in ("seq", "global_batch", "global_batch_tokens", "precision")}
     built = build_training(model, t["seq"], t["global_batch"], t["global_batch_tokens"], t["precision"] or "bf16",
                            request.get("engine", opts.get("engine")) or "deepspeed")
-    # who ran the step and which ZeRO buckets it used (measured lines: plain PyTorch, DeepSpeed's defaults)
-    built = dataclasses.replace(built, **{k: training[k] for k in ("engine", "zero_buckets") if k in training})
-    # how the Megatron version that ran attended and overlapped (planner/estimate.py Training)
-    built = dataclasses.replace(built, **{k: training[k] for k in ENGINE_OPTIONS if k in training})
-    if "cp_comm_type" not in training and opts.get("cp_comm_type"):
-        built = dataclasses.replace(built, cp_comm_type=opts["cp_comm_type"])
+    # who ran the step and which ZeRO buckets it used (measured lines: plain PyTorch, DeepSpeed's defaults), and
+    # how the Megatron version that ran attended and overlapped (planner/estimate.py Training); --cp-comm-type
+    # fills a line that does not say
+    given = {k: training[k] for k in ("engine", "zero_buckets") + ENGINE_OPTIONS if k in training}
+    if "cp_comm_type" not in given and opts.get("cp_comm_type"):
+        given["cp_comm_type"] = opts["cp_comm_type"]
+    built = dataclasses.replace(built, **given)
     if training.get("mfu_peak", opts.get("mfu_peak")):
         built = dataclasses.replace(built, mfu_peak=training.get("mfu_peak", opts.get("mfu_peak")))
     headroom = parse_headroom(training.get("headroom", opts.get("headroom", "10%")))
